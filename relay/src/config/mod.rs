@@ -1,0 +1,4 @@
+//! Configuration: the `run` flags, the TOML file, `WALRELAY_*` env, and the upstream conninfo.
+
+pub mod conninfo;
+pub mod pgpass;

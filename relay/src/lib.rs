@@ -1,0 +1,10 @@
+//! walrelay: a PostgreSQL WAL cascading-replication relay.
+//!
+//! Data flows one way: [`upstream`] (a physical replication client of the primary) hands WAL
+//! to [`store`] (segment files on disk, one writer, durable position published after fsync),
+//! which [`downstream`] (a walsender for standbys, pg_receivewal and other relays) serves.
+//! [`wal`] and [`proto`] hold the PostgreSQL formats and wire codec and do no I/O.
+
+pub mod config;
+pub mod proto;
+pub mod wal;

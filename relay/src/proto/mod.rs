@@ -1,0 +1,188 @@
+//! The PostgreSQL wire protocol (v3) as the relay speaks it, both as a server to downstream
+//! replicas and as a client of its upstream. Sans-IO: functions here turn bytes into messages and
+//! messages into bytes; sockets live in `wire`, `upstream` and `downstream`.
+//!
+//! Invariant: nothing here panics on input. Every decoder checks lengths and returns
+//! [`ProtocolError`] for malformed bytes; `Ok(None)` means "need more bytes".
+
+pub mod backend;
+pub mod command;
+pub mod error;
+pub mod frontend;
+pub mod replication;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Largest message accepted from a peer. PostgreSQL's own limit for most messages is 1 GB
+/// (`PQ_LARGE_MESSAGE_LIMIT`); replication traffic never comes close.
+pub const MAX_MESSAGE_LEN: usize = 64 << 20;
+/// Largest startup packet (`MAX_STARTUP_PACKET_LENGTH` in PostgreSQL).
+pub const MAX_STARTUP_PACKET_LEN: usize = 10000;
+
+/// Bytes that do not form a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid message length {0}")]
+    BadLength(i64),
+    #[error("invalid startup packet length")]
+    BadStartupLength,
+    #[error("invalid startup packet layout: expected terminator as last byte")]
+    StartupLayout,
+    #[error("unsupported frontend protocol {major}.{minor}")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("invalid {0} message format")]
+    Malformed(&'static str),
+    #[error("invalid frontend message type {0}")]
+    UnexpectedType(u8),
+}
+
+/// One typed message: its tag byte and its body (length word removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+/// Splits one typed message (`tag`, `int32 len`, body) off the front of `buf`.
+pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::BadLength(len as i64));
+    }
+    let total = 1 + len as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let mut msg = buf.split_to(total);
+    msg.advance(5);
+    Ok(Some(RawMessage { tag, body: msg.freeze() }))
+}
+
+/// Splits one untagged startup-phase packet (`int32 len`, body) off the front of `buf`.
+pub fn split_startup_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 8 || len as usize > MAX_STARTUP_PACKET_LEN {
+        return Err(ProtocolError::BadStartupLength);
+    }
+    let len = len as usize;
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mut pkt = buf.split_to(len);
+    pkt.advance(4);
+    Ok(Some(pkt.freeze()))
+}
+
+/// A cursor over a message body whose getters fail instead of panicking.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, what }
+    }
+
+    fn err(&self) -> ProtocolError {
+        ProtocolError::Malformed(self.what)
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.buf.len() < n {
+            return Err(self.err());
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    pub fn i16(&mut self) -> Result<i16, ProtocolError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, ProtocolError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(self.i32()? as u32)
+    }
+
+    pub fn i64(&mut self) -> Result<i64, ProtocolError> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(self.i64()? as u64)
+    }
+
+    /// A NUL-terminated string (lossy UTF-8).
+    pub fn cstr(&mut self) -> Result<String, ProtocolError> {
+        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.err())?;
+        let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_waits_for_whole_message() {
+        let mut b = BytesMut::from(&b"Q\0\0\0\x08abc"[..]);
+        assert_eq!(split_message(&mut b).unwrap(), None);
+        b.extend_from_slice(b"\0");
+        let m = split_message(&mut b).unwrap().unwrap();
+        assert_eq!(m.tag, b'Q');
+        assert_eq!(&m.body[..], b"abc\0");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn split_rejects_bad_lengths() {
+        let mut b = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert!(split_message(&mut b).is_err());
+        let mut b = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
+        assert!(split_message(&mut b).is_err());
+        let mut b = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
+        assert!(split_startup_packet(&mut b).is_err());
+    }
+
+    #[test]
+    fn reader_never_panics() {
+        let mut r = Reader::new(b"\x01\x02", "test");
+        assert!(r.i32().is_err());
+        assert_eq!(r.i16().unwrap(), 0x0102);
+        assert!(r.u8().is_err());
+        let mut r = Reader::new(b"abc", "test");
+        assert!(r.cstr().is_err());
+    }
+}
