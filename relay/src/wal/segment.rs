@@ -69,7 +69,7 @@ pub fn segment_start_lsn(segno: u64, seg_size: u64) -> Lsn {
 
 /// Formats a segment size the way `SHOW wal_segment_size` does (`16MB`, `1GB`).
 pub fn format_seg_size(size: u64) -> String {
-    if size >= 1 << 30 && size % (1 << 30) == 0 {
+    if size >= 1 << 30 && size.is_multiple_of(1 << 30) {
         format!("{}GB", size >> 30)
     } else {
         format!("{}MB", size >> 20)
