@@ -7,4 +7,5 @@
 
 pub mod config;
 pub mod proto;
+pub mod upstream;
 pub mod wal;

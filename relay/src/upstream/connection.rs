@@ -1,0 +1,664 @@
+//! The client side of one physical replication connection to an upstream server: TCP (with
+//! keepalives), SSL negotiation by `sslmode`, StartupMessage with `replication=true`,
+//! authentication, then simple queries and the CopyBoth stream of `START_REPLICATION`.
+//!
+//! Protocol state is tracked in [`Connection`] so misuse and interrupted operations are
+//! reported instead of desynchronising the stream:
+//! * `Idle`: ready for a query.
+//! * `Copy`: inside CopyBoth; which sides have sent CopyDone.
+//! * `Draining`: the server ended COPY with an ERROR; its ReadyForQuery is still to be read
+//!   (done lazily, and resumably, by the next query).
+//! * `Busy`: a multi-step operation is in progress. If its future is dropped the state stays
+//!   `Busy`, and later calls fail with [`UpstreamError::Broken`].
+//! * `Broken`: I/O failed, the server sent FATAL, or the protocol went off the rails.
+//!
+//! Cancel safety: [`Connection::recv_copy`] is cancel-safe (meant for `tokio::select!` with
+//! timers and feedback); a cancelled send leaves its message queued whole, to go out with the
+//! next send. `simple_query`, `start_copy_both` and `finish_copy` are not cancel-safe: dropping
+//! them half-way leaves the connection `Busy` (unusable).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::auth::{self, Binding};
+use super::error::{Rows, ServerError, UpstreamError};
+use super::message::{decode, BackendMessage};
+use super::tls;
+use super::wire::{Stream, Wire};
+use crate::config::conninfo::{ConnInfo, HostPort, SslMode};
+use crate::config::pgpass;
+use crate::wal::{Lsn, TimeLineId};
+
+/// One event of the CopyBoth stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyEvent {
+    /// A CopyData payload (`w` XLogData or `k` keepalive; parse with
+    /// [`crate::proto::replication::parse_server_copy`]).
+    Data(Bytes),
+    /// The server sent CopyDone (end of a historic timeline). Send CopyDone too (or call
+    /// [`Connection::finish_copy`], which does) and read the result.
+    Done,
+    /// CommandComplete inside COPY mode: a walsender's `COPY 0` at server shutdown, after
+    /// which it exits without ReadyForQuery.
+    CommandComplete(String),
+}
+
+/// What `start_copy_both` led to.
+///
+/// Chosen over an error variant because the no-COPY answer is a normal protocol outcome:
+/// `START_REPLICATION` on a historic timeline whose switch point equals the start point answers
+/// with the next-timeline result set instead of entering COPY mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// CopyBothResponse received; use `recv_copy` / `send_copy_data`.
+    CopyBoth,
+    /// The command completed without COPY; its result rows (possibly none).
+    NoCopy { rows: Rows },
+}
+
+/// Parses the `next_tli, next_tli_startpos` row that ends a historic timeline (from
+/// [`StartOutcome::NoCopy`] or [`Connection::finish_copy`]).
+pub fn parse_next_timeline(rows: &Rows) -> Result<(TimeLineId, Lsn), UpstreamError> {
+    let bad = || UpstreamError::Protocol(format!("unexpected end-of-timeline result {rows:?}"));
+    let row = rows.first().ok_or_else(bad)?;
+    let tli = row.first().cloned().flatten().ok_or_else(bad)?;
+    let pos = row.get(1).cloned().flatten().ok_or_else(bad)?;
+    let tli: TimeLineId = tli.trim().parse().map_err(|_| bad())?;
+    let pos: Lsn = pos.trim().parse().map_err(|_| bad())?;
+    Ok((tli, pos))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Copy {
+        server_done: bool,
+        client_done: bool,
+    },
+    Draining,
+    Busy,
+    Broken,
+}
+
+/// An authenticated replication connection.
+pub struct Connection {
+    wire: Wire,
+    host: HostPort,
+    addr: SocketAddr,
+    params: HashMap<String, String>,
+    backend_key: Option<(i32, i32)>,
+    state: State,
+}
+
+/// How to treat TLS for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encryption {
+    Plain,
+    IfOffered,
+    Required,
+}
+
+/// Connects to `ci.hosts[host_index]`, trying each of its addresses in turn, and authenticates.
+/// `application_name` is the program's default, used unless the conninfo sets one (see
+/// [`ConnInfo::effective_application_name`]). `connect_timeout` bounds each address attempt,
+/// handshake and authentication included.
+pub async fn connect(
+    ci: &ConnInfo,
+    host_index: usize,
+    application_name: &str,
+) -> Result<Connection, UpstreamError> {
+    let host = ci
+        .hosts
+        .get(host_index)
+        .ok_or(UpstreamError::NoSuchHost(host_index))?;
+    let addrs = with_timeout(ci.connect_timeout, &host.to_string(), resolve(host)).await?;
+    let mut last = None;
+    for addr in addrs {
+        let attempt = connect_addr(ci, host, addr, application_name);
+        match with_timeout(ci.connect_timeout, &describe(host, addr), attempt).await {
+            Ok(c) => return Ok(c),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::debug!(host = %host, %addr, error = %e, "upstream connection attempt failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        UpstreamError::io(
+            format!("could not translate host name \"{}\" to address", host.host),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+        )
+    }))
+}
+
+fn describe(host: &HostPort, addr: SocketAddr) -> String {
+    format!("\"{}\" ({}), port {}", host.host, addr.ip(), addr.port())
+}
+
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    match limit {
+        None => fut.await,
+        Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout {
+                addr: what.to_string(),
+            })
+        }),
+    }
+}
+
+async fn resolve(host: &HostPort) -> Result<Vec<SocketAddr>, UpstreamError> {
+    if let Some(ip) = host.hostaddr {
+        return Ok(vec![SocketAddr::new(ip, host.port)]);
+    }
+    let addrs = tokio::net::lookup_host((host.host.as_str(), host.port))
+        .await
+        .map_err(|e| {
+            UpstreamError::io(
+                format!("could not translate host name \"{}\" to address", host.host),
+                e,
+            )
+        })?;
+    Ok(addrs.collect())
+}
+
+/// One address, with libpq's sslmode fallbacks: `allow` retries with TLS when the server
+/// refuses the plaintext connection; `prefer` retries in plaintext when the TLS handshake fails.
+async fn connect_addr(
+    ci: &ConnInfo,
+    host: &HostPort,
+    addr: SocketAddr,
+    app: &str,
+) -> Result<Connection, UpstreamError> {
+    match ci.sslmode {
+        SslMode::Disable => attempt(ci, host, addr, app, Encryption::Plain).await,
+        SslMode::Allow => match attempt(ci, host, addr, app, Encryption::Plain).await {
+            Err(UpstreamError::Server(e)) => {
+                tracing::debug!(error = %e, "plaintext refused; retrying with SSL (sslmode=allow)");
+                attempt(ci, host, addr, app, Encryption::IfOffered).await
+            }
+            other => other,
+        },
+        SslMode::Prefer => match attempt(ci, host, addr, app, Encryption::IfOffered).await {
+            Err(UpstreamError::Tls(e)) => {
+                tracing::debug!(error = %e, "SSL failed; retrying without SSL (sslmode=prefer)");
+                attempt(ci, host, addr, app, Encryption::Plain).await
+            }
+            other => other,
+        },
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            attempt(ci, host, addr, app, Encryption::Required).await
+        }
+    }
+}
+
+fn configure_socket(tcp: &TcpStream, ci: &ConnInfo) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(tcp);
+    if !ci.keepalives {
+        return sock.set_keepalive(false);
+    }
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = ci.keepalives_idle {
+        ka = ka.with_time(t);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        if let Some(t) = ci.keepalives_interval {
+            ka = ka.with_interval(t);
+        }
+        if let Some(n) = ci.keepalives_count {
+            ka = ka.with_retries(n);
+        }
+        if let Some(t) = ci.tcp_user_timeout {
+            sock.set_tcp_user_timeout(Some(t))?;
+        }
+    }
+    sock.set_tcp_keepalive(&ka)
+}
+
+async fn attempt(
+    ci: &ConnInfo,
+    host: &HostPort,
+    addr: SocketAddr,
+    app: &str,
+    enc: Encryption,
+) -> Result<Connection, UpstreamError> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| {
+        UpstreamError::io(
+            format!("connection to server at {} failed", describe(host, addr)),
+            e,
+        )
+    })?;
+    configure_socket(&tcp, ci).map_err(|e| UpstreamError::io("could not set socket options", e))?;
+    let (stream, binding) = negotiate_tls(tcp, ci, host, enc).await?;
+    let mut wire = Wire::new(stream);
+
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", &ci.user),
+        ("database", "replication"),
+        ("replication", "true"),
+    ];
+    if let Some(name) = ci.effective_application_name(app) {
+        params.push(("application_name", name));
+    }
+    if let Some(o) = &ci.options {
+        params.push(("options", o));
+    }
+    frontend::startup_message(params.iter().copied(), &mut wire.wbuf)
+        .map_err(|e| UpstreamError::Protocol(format!("cannot encode startup message: {e}")))?;
+    wire.flush().await?;
+
+    auth::authenticate(&mut wire, ci, host, binding).await?;
+
+    let mut conn = Connection {
+        wire,
+        host: host.clone(),
+        addr,
+        params: HashMap::new(),
+        backend_key: None,
+        state: State::Busy,
+    };
+    loop {
+        match conn.next().await? {
+            BackendMessage::BackendKeyData { pid, key } => conn.backend_key = Some((pid, key)),
+            BackendMessage::ReadyForQuery => break,
+            BackendMessage::Error(e) => return Err(UpstreamError::Server(e)),
+            other => return Err(conn.unexpected(other, "startup")),
+        }
+    }
+    conn.state = State::Idle;
+    Ok(conn)
+}
+
+/// Sends SSLRequest when `enc` asks for TLS and runs the handshake on `S`.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    ci: &ConnInfo,
+    host: &HostPort,
+    enc: Encryption,
+) -> Result<(Stream, Binding), UpstreamError> {
+    if enc == Encryption::Plain {
+        return Ok((Stream::Plain(tcp), Binding::NoTls));
+    }
+    let mut req = bytes::BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req)
+        .await
+        .map_err(|e| UpstreamError::io("could not send SSL negotiation packet", e))?;
+    // Exactly one byte: anything the server sent after it would be unencrypted data
+    // injected ahead of the handshake (CVE-2021-23222), so nothing more is read here.
+    let answer = tcp
+        .read_u8()
+        .await
+        .map_err(|e| UpstreamError::io("could not receive data from server", e))?;
+    match answer {
+        b'S' => {}
+        b'N' if enc == Encryption::Required => return Err(UpstreamError::SslNotSupported),
+        b'N' => return Ok((Stream::Plain(tcp), Binding::NoTls)),
+        b'E' => {
+            return Err(UpstreamError::Protocol(
+                "server sent an error response during SSL exchange".into(),
+            ))
+        }
+        other => {
+            return Err(UpstreamError::Protocol(format!(
+                "received invalid response to SSL negotiation: {}",
+                other as char
+            )))
+        }
+    }
+    let setup = tls::setup(ci, &host.host, pgpass::home_dir().as_deref())?;
+    let connector = tokio_rustls::TlsConnector::from(setup.config);
+    let tls = connector
+        .connect(setup.server_name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let hash = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| tls::tls_server_end_point(cert));
+    Ok((Stream::Tls(Box::new(tls)), Binding::Tls(hash)))
+}
+
+impl Connection {
+    /// ParameterStatus values reported by the server (kept up to date while connected).
+    pub fn params(&self) -> &HashMap<String, String> {
+        &self.params
+    }
+
+    /// The conninfo host this connection went to.
+    pub fn host(&self) -> &HostPort {
+        &self.host
+    }
+
+    /// The socket address actually connected to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's `server_version` ParameterStatus, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub fn server_version(&self) -> Option<&str> {
+        self.params.get("server_version").map(String::as_str)
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.wire.is_tls()
+    }
+
+    /// The walsender's process id and cancel key (BackendKeyData).
+    pub fn backend_key(&self) -> Option<(i32, i32)> {
+        self.backend_key
+    }
+
+    /// Whether the connection is idle and usable for queries (it may still need to read the
+    /// ReadyForQuery left by a COPY that ended in an error, which the next query does).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Idle | State::Draining)
+    }
+
+    /// The next message that matters, folding in ParameterStatus and NoticeResponse. Cancel-safe
+    /// (one await point, in [`Wire::recv`]). Marks the connection broken on failure.
+    async fn next(&mut self) -> Result<BackendMessage, UpstreamError> {
+        loop {
+            let msg = match self
+                .wire
+                .recv()
+                .await
+                .and_then(|raw| decode(raw).map_err(UpstreamError::from))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    self.state = State::Broken;
+                    return Err(e);
+                }
+            };
+            match msg {
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.params.insert(name, value);
+                }
+                BackendMessage::Notice(n) => {
+                    tracing::debug!(host = %self.host, notice = %n, "upstream notice");
+                }
+                BackendMessage::Other(b'A') => {} // NotificationResponse: not ours to handle.
+                m => return Ok(m),
+            }
+        }
+    }
+
+    fn unexpected(&mut self, msg: BackendMessage, during: &str) -> UpstreamError {
+        self.state = State::Broken;
+        UpstreamError::Protocol(format!(
+            "unexpected message from server during {during}: {msg:?}"
+        ))
+    }
+
+    /// A FATAL error ends the connection; any other error leaves it in `then`.
+    fn server_error(&mut self, e: ServerError, then: State) -> UpstreamError {
+        self.state = if e.is_fatal() { State::Broken } else { then };
+        UpstreamError::Server(e)
+    }
+
+    /// Gets to `Idle`, reading the ReadyForQuery a failed COPY left behind.
+    async fn ensure_idle(&mut self) -> Result<(), UpstreamError> {
+        loop {
+            match self.state {
+                State::Idle => return Ok(()),
+                State::Draining => {
+                    // Resumable: until Z arrives the state stays Draining.
+                    if self.next().await? == BackendMessage::ReadyForQuery {
+                        self.state = State::Idle;
+                    }
+                }
+                State::Copy { .. } => {
+                    return Err(UpstreamError::Protocol("connection is in COPY mode".into()));
+                }
+                State::Busy | State::Broken => return Err(UpstreamError::Broken),
+            }
+        }
+    }
+
+    async fn send_query(&mut self, sql: &str) -> Result<(), UpstreamError> {
+        self.ensure_idle().await?;
+        self.state = State::Busy;
+        frontend::query(sql, &mut self.wire.wbuf).map_err(|e| {
+            self.state = State::Idle;
+            UpstreamError::Protocol(format!("cannot encode query: {e}"))
+        })?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), UpstreamError> {
+        let r = self.wire.flush().await;
+        if r.is_err() {
+            self.state = State::Broken;
+        }
+        r
+    }
+
+    /// Runs one simple-protocol query and returns its rows as text. An ERROR from the server
+    /// comes back as [`UpstreamError::Server`] with the connection still usable.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Rows, UpstreamError> {
+        self.send_query(sql).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next().await? {
+                BackendMessage::DataRow(r) => rows.push(r),
+                BackendMessage::RowDescription
+                | BackendMessage::CommandComplete(_)
+                | BackendMessage::EmptyQuery => {}
+                BackendMessage::Error(e) if e.is_fatal() => {
+                    return Err(self.server_error(e, State::Broken))
+                }
+                BackendMessage::Error(e) => error = Some(e),
+                BackendMessage::ReadyForQuery => break,
+                m @ (BackendMessage::CopyBoth
+                | BackendMessage::CopyIn
+                | BackendMessage::CopyOut) => {
+                    return Err(
+                        self.unexpected(m, "simple_query (use start_copy_both for COPY commands)")
+                    );
+                }
+                m => return Err(self.unexpected(m, "simple_query")),
+            }
+        }
+        self.state = State::Idle;
+        error.map_or(Ok(rows), |e| Err(UpstreamError::Server(e)))
+    }
+
+    /// Sends a command expected to enter CopyBoth mode (`START_REPLICATION ...`).
+    /// Returns [`StartOutcome::CopyBoth`] once CopyBothResponse arrives, or
+    /// [`StartOutcome::NoCopy`] with the rows when the command completed without COPY. An
+    /// ErrorResponse before CopyBothResponse is returned as [`UpstreamError::Server`] after
+    /// reading up to ReadyForQuery (the connection stays usable). Errors the server reports
+    /// after CopyBothResponse (WAL already removed, start point ahead of flush) come from
+    /// [`Connection::recv_copy`].
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<StartOutcome, UpstreamError> {
+        self.send_query(sql).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next().await? {
+                BackendMessage::CopyBoth if error.is_none() => {
+                    self.state = State::Copy {
+                        server_done: false,
+                        client_done: false,
+                    };
+                    return Ok(StartOutcome::CopyBoth);
+                }
+                BackendMessage::DataRow(r) => rows.push(r),
+                BackendMessage::RowDescription
+                | BackendMessage::CommandComplete(_)
+                | BackendMessage::EmptyQuery => {}
+                BackendMessage::Error(e) if e.is_fatal() => {
+                    return Err(self.server_error(e, State::Broken))
+                }
+                BackendMessage::Error(e) => error = Some(e),
+                BackendMessage::ReadyForQuery => break,
+                m => return Err(self.unexpected(m, "start_copy_both")),
+            }
+        }
+        self.state = State::Idle;
+        match error {
+            Some(e) => Err(UpstreamError::Server(e)),
+            None => Ok(StartOutcome::NoCopy { rows }),
+        }
+    }
+
+    /// The next event of the CopyBoth stream. Cancel-safe.
+    ///
+    /// An ERROR ends COPY mode: it is returned as [`UpstreamError::Server`] and the connection
+    /// becomes usable for queries again (the pending ReadyForQuery is read by the next query).
+    pub async fn recv_copy(&mut self) -> Result<CopyEvent, UpstreamError> {
+        match self.state {
+            State::Copy {
+                server_done: false, ..
+            } => {}
+            State::Copy {
+                server_done: true, ..
+            } => {
+                return Err(UpstreamError::Protocol(
+                    "server already ended COPY; call finish_copy".into(),
+                ));
+            }
+            State::Busy | State::Broken => return Err(UpstreamError::Broken),
+            State::Idle | State::Draining => {
+                return Err(UpstreamError::Protocol("not in COPY mode".into()))
+            }
+        }
+        match self.next().await? {
+            BackendMessage::CopyData(b) => Ok(CopyEvent::Data(b)),
+            BackendMessage::CopyDone => {
+                if let State::Copy { server_done, .. } = &mut self.state {
+                    *server_done = true;
+                }
+                Ok(CopyEvent::Done)
+            }
+            BackendMessage::CommandComplete(tag) => Ok(CopyEvent::CommandComplete(tag)),
+            BackendMessage::Error(e) => Err(self.server_error(e, State::Draining)),
+            m => Err(self.unexpected(m, "COPY")),
+        }
+    }
+
+    fn require_copy_open(&self) -> Result<(), UpstreamError> {
+        match self.state {
+            State::Copy {
+                client_done: false, ..
+            } => Ok(()),
+            State::Copy {
+                client_done: true, ..
+            } => Err(UpstreamError::Protocol("CopyDone already sent".into())),
+            State::Busy | State::Broken => Err(UpstreamError::Broken),
+            State::Idle | State::Draining => {
+                Err(UpstreamError::Protocol("not in COPY mode".into()))
+            }
+        }
+    }
+
+    /// Sends one CopyData message (e.g. a standby status update). If cancelled, the message
+    /// stays queued whole and goes out with the next send.
+    pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), UpstreamError> {
+        self.require_copy_open()?;
+        frontend::CopyData::new(payload)
+            .map_err(|e| UpstreamError::Protocol(format!("cannot encode CopyData: {e}")))?
+            .write(&mut self.wire.wbuf);
+        self.flush().await
+    }
+
+    /// Sends CopyDone: the client will send no more CopyData.
+    pub async fn send_copy_done(&mut self) -> Result<(), UpstreamError> {
+        self.require_copy_open()?;
+        frontend::copy_done(&mut self.wire.wbuf);
+        if let State::Copy { client_done, .. } = &mut self.state {
+            *client_done = true;
+        }
+        self.flush().await
+    }
+
+    /// Ends COPY mode and returns the command's result rows: for an ended timeline the
+    /// `next_tli, next_tli_startpos` row (see [`parse_next_timeline`]), none when the client
+    /// stopped streaming. Sends CopyDone if the client has not yet, discards CopyData the server
+    /// sends before its own CopyDone, and reads up to ReadyForQuery.
+    pub async fn finish_copy(&mut self) -> Result<Rows, UpstreamError> {
+        match self.state {
+            State::Copy {
+                client_done: false, ..
+            } => self.send_copy_done().await?,
+            State::Copy {
+                client_done: true, ..
+            } => {}
+            State::Busy | State::Broken => return Err(UpstreamError::Broken),
+            State::Idle | State::Draining => {
+                return Err(UpstreamError::Protocol("not in COPY mode".into()))
+            }
+        }
+        self.state = State::Busy;
+        let mut rows = Vec::new();
+        let mut error = None;
+        let mut discarded = 0usize;
+        loop {
+            match self.next().await? {
+                BackendMessage::CopyData(b) => discarded += b.len(),
+                BackendMessage::CopyDone
+                | BackendMessage::RowDescription
+                | BackendMessage::CommandComplete(_)
+                | BackendMessage::EmptyQuery => {}
+                BackendMessage::DataRow(r) => rows.push(r),
+                BackendMessage::Error(e) if e.is_fatal() => {
+                    return Err(self.server_error(e, State::Broken))
+                }
+                BackendMessage::Error(e) => error = Some(e),
+                BackendMessage::ReadyForQuery => break,
+                m => return Err(self.unexpected(m, "finish_copy")),
+            }
+        }
+        if discarded > 0 {
+            tracing::debug!(
+                bytes = discarded,
+                "discarded CopyData received after CopyDone was sent"
+            );
+        }
+        self.state = State::Idle;
+        error.map_or(Ok(rows), |e| Err(UpstreamError::Server(e)))
+    }
+
+    /// Sends Terminate (if the protocol state allows) and closes the connection.
+    pub async fn terminate(mut self) {
+        if matches!(
+            self.state,
+            State::Idle | State::Draining | State::Copy { .. }
+        ) {
+            frontend::terminate(&mut self.wire.wbuf);
+        }
+        self.wire.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_timeline_row() {
+        let rows = vec![vec![Some("2".to_string()), Some("0/304AC00".to_string())]];
+        assert_eq!(parse_next_timeline(&rows).unwrap(), (2, Lsn(0x304AC00)));
+        assert!(parse_next_timeline(&vec![]).is_err());
+        assert!(parse_next_timeline(&vec![vec![Some("2".into())]]).is_err());
+        assert!(parse_next_timeline(&vec![vec![None, Some("0/1".into())]]).is_err());
+        assert!(parse_next_timeline(&vec![vec![Some("x".into()), Some("0/1".into())]]).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Choosing a server from a multi-host conninfo by `target_session_attrs`, as libpq's
+//! `CONNECTION_CHECK_TARGET` does, within what a physical walsender session can answer.
+//!
+//! * `read-write`/`read-only`: from the `in_hot_standby` and `default_transaction_read_only`
+//!   ParameterStatus values (PG 14+) when both are present, else `SHOW transaction_read_only`
+//!   (libpq's own fallback, which works in a walsender session).
+//! * `primary`/`standby`/`prefer-standby`: from `in_hot_standby` (PG 14+). libpq's fallback,
+//!   `SELECT pg_is_in_recovery()`, is SQL that a physical walsender refuses, so before PG 14
+//!   `SHOW transaction_read_only` stands in for it: a primary with
+//!   `default_transaction_read_only=on` then counts as a standby.
+//! * `prefer-standby`: the first standby in host order, else the first server that connected
+//!   (kept open while the remaining hosts are probed, instead of libpq's second pass).
+//!
+//! Hosts are tried in order; every failure is kept, `host:port: reason`, for the
+//! [`UpstreamError::NoSuitableHost`] that is returned when no host fits.
+
+use super::connection::{connect, Connection};
+use super::error::UpstreamError;
+use crate::config::conninfo::{ConnInfo, TargetSessionAttrs};
+
+/// Connects to the first host of `ci` that accepts the connection and fits
+/// `ci.target_session_attrs`. Configuration errors are returned at once.
+pub async fn connect_any(
+    ci: &ConnInfo,
+    application_name: &str,
+) -> Result<Connection, UpstreamError> {
+    let want = ci.target_session_attrs;
+    let mut failures = Vec::new();
+    let mut fallback: Option<Connection> = None;
+    for (i, host) in ci.hosts.iter().enumerate() {
+        let mut conn = match connect(ci, i, application_name).await {
+            Ok(c) => c,
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => {
+                failures.push(format!("{host}: {e}"));
+                continue;
+            }
+        };
+        match check(&mut conn, want).await {
+            Ok(None) => {
+                if let Some(f) = fallback.take() {
+                    f.terminate().await;
+                }
+                return Ok(conn);
+            }
+            Ok(Some(reason)) => {
+                failures.push(format!("{host}: {reason}"));
+                if want == TargetSessionAttrs::PreferStandby && fallback.is_none() {
+                    fallback = Some(conn);
+                } else {
+                    conn.terminate().await;
+                }
+            }
+            Err(e) => {
+                failures.push(format!("{host}: {e}"));
+                conn.terminate().await;
+            }
+        }
+    }
+    match fallback {
+        Some(conn) => Ok(conn),
+        None => Err(UpstreamError::NoSuitableHost(failures)),
+    }
+}
+
+/// `Ok(None)` when the server fits, `Ok(Some(reason))` (libpq's words) when it does not.
+async fn check(
+    conn: &mut Connection,
+    want: TargetSessionAttrs,
+) -> Result<Option<&'static str>, UpstreamError> {
+    Ok(match want {
+        TargetSessionAttrs::Any => None,
+        TargetSessionAttrs::ReadWrite => read_only(conn).await?.then_some("session is read-only"),
+        TargetSessionAttrs::ReadOnly => {
+            (!read_only(conn).await?).then_some("session is not read-only")
+        }
+        TargetSessionAttrs::Primary => hot_standby(conn)
+            .await?
+            .then_some("server is in hot standby mode"),
+        TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => {
+            (!hot_standby(conn).await?).then_some("server is not in hot standby mode")
+        }
+    })
+}
+
+fn param_on(conn: &Connection, name: &str) -> Option<bool> {
+    conn.params().get(name).map(|v| v == "on")
+}
+
+async fn read_only(conn: &mut Connection) -> Result<bool, UpstreamError> {
+    match (
+        param_on(conn, "in_hot_standby"),
+        param_on(conn, "default_transaction_read_only"),
+    ) {
+        (Some(hs), Some(ro)) => Ok(hs || ro),
+        _ => show_transaction_read_only(conn).await,
+    }
+}
+
+async fn hot_standby(conn: &mut Connection) -> Result<bool, UpstreamError> {
+    match param_on(conn, "in_hot_standby") {
+        Some(hs) => Ok(hs),
+        None => show_transaction_read_only(conn).await,
+    }
+}
+
+async fn show_transaction_read_only(conn: &mut Connection) -> Result<bool, UpstreamError> {
+    let rows = conn.simple_query("SHOW transaction_read_only").await?;
+    match rows.first().and_then(|r| r.first()).cloned().flatten() {
+        Some(v) => Ok(v == "on"),
+        None => Err(UpstreamError::Protocol(
+            "SHOW transaction_read_only returned no value".into(),
+        )),
+    }
+}
