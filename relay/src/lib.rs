@@ -3,9 +3,17 @@
 //! Data flows one way: [`upstream`] (a physical replication client of the primary) hands WAL
 //! to [`store`] (segment files on disk, one writer, durable position published after fsync),
 //! which [`downstream`] (a walsender for standbys, pg_receivewal and other relays) serves.
-//! [`wal`] and [`proto`] hold the PostgreSQL formats and wire codec and do no I/O.
+//! [`wal`] and [`proto`] hold the PostgreSQL formats and wire codec and do no I/O; [`lag`]
+//! measures replicas, [`http`] reports, [`config`] and [`cli`] take the operator's settings.
 
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod downstream;
+pub mod http;
+pub mod lag;
 pub mod proto;
+pub mod store;
 pub mod upstream;
 pub mod wal;
+pub mod wire;

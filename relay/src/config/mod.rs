@@ -1,4 +1,169 @@
 //! Configuration: the `run` flags, the TOML file, `WALRELAY_*` env, and the upstream conninfo.
+//!
+//! Precedence: flag > env (clap reads `WALRELAY_<NAME>` for each flag) > file > default. The
+//! merged, validated [`RelayConfig`] is what the rest of the relay sees; nothing else reads
+//! flags, env or files.
 
 pub mod conninfo;
 pub mod pgpass;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use conninfo::ConnInfo;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:9433";
+pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
+
+/// The config file (`--config`). Every key is optional; unknown keys are errors, so a typo
+/// never silently falls back to a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub upstream: Option<String>,
+    pub slot: Option<String>,
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub failover_standby: Vec<String>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
+    }
+}
+
+/// Values given on the command line or in `WALRELAY_*` env (already merged by clap).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub upstream: Option<String>,
+    pub slot: Option<String>,
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub failover_standby: Vec<String>,
+}
+
+/// The relay's configuration, merged and validated.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub upstream: ConnInfo,
+    pub slot: Option<String>,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub failover_standbys: Vec<String>,
+    /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
+    pub application_name: String,
+}
+
+impl RelayConfig {
+    pub fn build(file: FileConfig, over: Overrides) -> anyhow::Result<RelayConfig> {
+        let upstream_text = over
+            .upstream
+            .or(file.upstream)
+            .context("no upstream configured: give --upstream CONNINFO (or WALRELAY_UPSTREAM, or `upstream` in the config file)")?;
+        let upstream: ConnInfo = upstream_text.parse().context("invalid upstream conninfo")?;
+        let slot = over.slot.or(file.slot);
+        if let Some(s) = &slot {
+            validate_slot_name(s)?;
+        }
+        let listen = parse_addr(
+            "listen",
+            over.listen
+                .or(file.listen)
+                .as_deref()
+                .unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let http = parse_addr(
+            "http",
+            over.http.or(file.http).as_deref().unwrap_or(DEFAULT_HTTP),
+        )?;
+        let data_dir = over
+            .data_dir
+            .or(file.data_dir)
+            .context("no data directory configured: give --data-dir DIR")?;
+        let failover_standbys = if over.failover_standby.is_empty() {
+            file.failover_standby
+        } else {
+            over.failover_standby
+        };
+        let application_name = upstream
+            .application_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.into());
+        Ok(RelayConfig {
+            upstream,
+            slot,
+            listen,
+            http,
+            data_dir,
+            failover_standbys,
+            application_name,
+        })
+    }
+}
+
+fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("invalid --{what} address \"{s}\" (expected ADDR:PORT)"))
+}
+
+/// PostgreSQL's rule for slot names (ReplicationSlotValidateName).
+pub fn validate_slot_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() {
+        bail!("replication slot name \"{name}\" is too short");
+    }
+    if name.len() > 63 {
+        bail!("replication slot name \"{name}\" is too long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        bail!(
+            "replication slot name \"{name}\" contains invalid character (replication slot names may only contain lower case letters, numbers, and the underscore character)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let file: FileConfig = toml::from_str(
+            "upstream = \"host=a port=5432 user=r\"\nslot = \"s1\"\ndata_dir = \"/tmp/x\"\nlisten = \"0.0.0.0:6000\"\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            slot: Some("s2".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file, over).unwrap();
+        assert_eq!(c.slot.as_deref(), Some("s2"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:6000");
+        assert_eq!(c.http.to_string(), DEFAULT_HTTP);
+        assert_eq!(c.application_name, "walrelay");
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(toml::from_str::<FileConfig>("upstrem = \"x\"").is_err());
+        assert!(validate_slot_name("Bad-Name").is_err());
+        assert!(validate_slot_name("walrelay_eu1").is_ok());
+        let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
+        assert!(no_upstream.is_err());
+    }
+}

@@ -20,13 +20,22 @@ pub struct Column {
 
 impl Column {
     pub const fn text(name: &'static str) -> Column {
-        Column { name, type_oid: oid::TEXT }
+        Column {
+            name,
+            type_oid: oid::TEXT,
+        }
     }
     pub const fn int4(name: &'static str) -> Column {
-        Column { name, type_oid: oid::INT4 }
+        Column {
+            name,
+            type_oid: oid::INT4,
+        }
     }
     pub const fn int8(name: &'static str) -> Column {
-        Column { name, type_oid: oid::INT8 }
+        Column {
+            name,
+            type_oid: oid::INT8,
+        }
     }
 }
 
@@ -186,7 +195,10 @@ mod tests {
         copy_both_response(&mut b);
         assert_eq!(&b[..], b"W\0\0\0\x07\0\0\0");
         let mut b = BytesMut::new();
-        row_description(&mut b, &[Column::text("systemid"), Column::int4("timeline")]);
+        row_description(
+            &mut b,
+            &[Column::text("systemid"), Column::int4("timeline")],
+        );
         data_row(&mut b, &[Some(b"1"), None]);
         let t = split_message(&mut b).unwrap().unwrap();
         assert_eq!(t.tag, b'T');

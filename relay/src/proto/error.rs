@@ -57,11 +57,23 @@ pub struct PgError {
 
 impl PgError {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        PgError { severity: Severity::Error, code, message: message.into(), detail: None, hint: None }
+        PgError {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        PgError { severity: Severity::Fatal, code, message: message.into(), detail: None, hint: None }
+        PgError {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -105,7 +117,13 @@ impl PgError {
 
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.severity.as_str(), self.code, self.message)?;
+        write!(
+            f,
+            "{} {} {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )?;
         if let Some(d) = &self.detail {
             write!(f, " (DETAIL: {d})")?;
         }
@@ -136,8 +154,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let e = PgError::error(sqlstate::UNDEFINED_FILE, "requested WAL segment x has already been removed")
-            .with_detail("d");
+        let e = PgError::error(
+            sqlstate::UNDEFINED_FILE,
+            "requested WAL segment x has already been removed",
+        )
+        .with_detail("d");
         let mut b = BytesMut::new();
         e.encode(&mut b);
         assert_eq!(b[0], b'E');

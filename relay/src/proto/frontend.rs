@@ -16,9 +16,15 @@ pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, key: Vec<u8> },
+    Cancel {
+        pid: i32,
+        key: Vec<u8>,
+    },
     /// StartupMessage: the requested minor version and the parameters in order.
-    Startup { minor: u16, params: Vec<(String, String)> },
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Decodes a startup-phase packet body (length word removed).
@@ -30,7 +36,10 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, ProtocolError>
         GSSENC_REQUEST_CODE if r.remaining() == 0 => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => {
             let pid = r.i32()?;
-            Ok(StartupPacket::Cancel { pid, key: r.rest().to_vec() })
+            Ok(StartupPacket::Cancel {
+                pid,
+                key: r.rest().to_vec(),
+            })
         }
         _ => {
             let major = (code >> 16) as u16;
@@ -97,7 +106,11 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(String, Vec<u8>), Pro
     let mut r = Reader::new(body, "SASLInitialResponse");
     let mech = r.cstr()?;
     let len = r.i32()?;
-    let data = if len < 0 { Vec::new() } else { r.bytes(len as usize)?.to_vec() };
+    let data = if len < 0 {
+        Vec::new()
+    } else {
+        r.bytes(len as usize)?.to_vec()
+    };
     Ok((mech, data))
 }
 
@@ -119,7 +132,10 @@ mod tests {
 
     #[test]
     fn startup_packets() {
-        assert_eq!(parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
         assert_eq!(
             parse_startup_packet(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
             StartupPacket::GssEncRequest
@@ -129,12 +145,18 @@ mod tests {
             p,
             StartupPacket::Startup {
                 minor: 0,
-                params: vec![("user".into(), "u".into()), ("replication".into(), "true".into())]
+                params: vec![
+                    ("user".into(), "u".into()),
+                    ("replication".into(), "true".into())
+                ]
             }
         );
         let mut bad = startup(&[("user", "u")]);
         bad.pop();
-        assert_eq!(parse_startup_packet(&bad), Err(ProtocolError::StartupLayout));
+        assert_eq!(
+            parse_startup_packet(&bad),
+            Err(ProtocolError::StartupLayout)
+        );
         assert!(parse_startup_packet(&[0, 2, 0, 0]).is_err());
         assert!(parse_startup_packet(&[1]).is_err());
     }

@@ -60,7 +60,10 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolE
     }
     let mut msg = buf.split_to(total);
     msg.advance(5);
-    Ok(Some(RawMessage { tag, body: msg.freeze() }))
+    Ok(Some(RawMessage {
+        tag,
+        body: msg.freeze(),
+    }))
 }
 
 /// Splits one untagged startup-phase packet (`int32 len`, body) off the front of `buf`.
@@ -144,7 +147,11 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string (lossy UTF-8).
     pub fn cstr(&mut self) -> Result<String, ProtocolError> {
-        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.err())?;
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err())?;
         let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         self.buf = &self.buf[end + 1..];
         Ok(s)

@@ -128,7 +128,12 @@ pub fn parse_server_copy(payload: &[u8]) -> Result<ServerCopyMessage<'_>, Protoc
             let start = Lsn(r.u64()?);
             let wal_end = Lsn(r.u64()?);
             let send_time = r.i64()?;
-            Ok(ServerCopyMessage::XLogData(XLogData { start, wal_end, send_time, data: r.rest() }))
+            Ok(ServerCopyMessage::XLogData(XLogData {
+                start,
+                wal_end,
+                send_time,
+                data: r.rest(),
+            }))
         }
         b'k' => {
             if r.remaining() != 17 {
@@ -137,7 +142,11 @@ pub fn parse_server_copy(payload: &[u8]) -> Result<ServerCopyMessage<'_>, Protoc
             let wal_end = Lsn(r.u64()?);
             let send_time = r.i64()?;
             let reply_requested = r.u8()? != 0;
-            Ok(ServerCopyMessage::Keepalive(Keepalive { wal_end, send_time, reply_requested }))
+            Ok(ServerCopyMessage::Keepalive(Keepalive {
+                wal_end,
+                send_time,
+                reply_requested,
+            }))
         }
         _ => Err(ProtocolError::Malformed("streaming")),
     }
@@ -186,12 +195,21 @@ mod tests {
     #[test]
     fn keepalive_is_18_bytes() {
         let mut b = BytesMut::new();
-        Keepalive { wal_end: Lsn(5), send_time: 7, reply_requested: true }.encode_frame(&mut b);
+        Keepalive {
+            wal_end: Lsn(5),
+            send_time: 7,
+            reply_requested: true,
+        }
+        .encode_frame(&mut b);
         let m = split_message(&mut b).unwrap().unwrap();
         assert_eq!(m.body.len(), 18);
         assert_eq!(
             parse_server_copy(&m.body).unwrap(),
-            ServerCopyMessage::Keepalive(Keepalive { wal_end: Lsn(5), send_time: 7, reply_requested: true })
+            ServerCopyMessage::Keepalive(Keepalive {
+                wal_end: Lsn(5),
+                send_time: 7,
+                reply_requested: true
+            })
         );
     }
 
@@ -212,17 +230,32 @@ mod tests {
 
     #[test]
     fn client_messages_round_trip_and_truncation_fails() {
-        let s = StandbyStatus { write: Lsn(1), flush: Lsn(2), apply: Lsn(3), client_time: 4, reply_requested: true };
+        let s = StandbyStatus {
+            write: Lsn(1),
+            flush: Lsn(2),
+            apply: Lsn(3),
+            client_time: 4,
+            reply_requested: true,
+        };
         let mut b = BytesMut::new();
         s.encode_payload(&mut b);
         assert_eq!(b.len(), 34);
         assert_eq!(parse_client_copy(&b).unwrap(), ClientCopyMessage::Status(s));
         assert!(parse_client_copy(&b[..20]).is_err());
-        let h = HotStandbyFeedback { client_time: 1, xmin: 728, xmin_epoch: 0, catalog_xmin: 0, catalog_xmin_epoch: 0 };
+        let h = HotStandbyFeedback {
+            client_time: 1,
+            xmin: 728,
+            xmin_epoch: 0,
+            catalog_xmin: 0,
+            catalog_xmin_epoch: 0,
+        };
         let mut b = BytesMut::new();
         h.encode_payload(&mut b);
         assert_eq!(b.len(), 25);
-        assert_eq!(parse_client_copy(&b).unwrap(), ClientCopyMessage::HotStandbyFeedback(h));
+        assert_eq!(
+            parse_client_copy(&b).unwrap(),
+            ClientCopyMessage::HotStandbyFeedback(h)
+        );
         assert!(parse_client_copy(b"x").is_err());
         assert!(parse_client_copy(b"").is_err());
     }

@@ -1,20 +1,34 @@
-//! The relay's client side toward its upstream (the primary, a standby, or another relay): one
-//! physical replication connection at a time, chosen from the conninfo's host list.
+//! The upstream side: a physical replication client of the primary (or of another relay),
+//! feeding the store.
 //!
-//! Layers, bottom up: [`wire`] (bytes and framing over TCP/TLS), [`message`] (backend message
-//! decoding), [`tls`] (rustls setup by sslmode, channel-binding hash), [`auth`] (startup
-//! authentication), [`connection`] (the [`Connection`] API: queries and the CopyBoth stream),
-//! [`target`] (host choice by `target_session_attrs`). What to stream and when to reconnect is
-//! decided above this module.
+//! ```text
+//!  supervise ── connect (hosts in order, target_session_attrs) ── IDENTIFY_SYSTEM, slot,
+//!     ▲            history files ── START_REPLICATION at the store's durable end
+//!     │                                   │ 'w' ──▶ store writer (bounded queue)
+//!     └── backoff + jitter on any error    │ 'k' ──▶ reply at once when asked
+//!                                          ◀── 'r' (write=received, flush=durable, apply=min replay)
+//! ```
+//!
+//! Layers of the client, bottom up: `wire` (bytes and framing over TCP/TLS), `message` (backend
+//! message decoding), [`tls`] (rustls by sslmode, channel-binding hash), `auth` (startup
+//! authentication), [`connection`] (queries and the CopyBoth stream), [`target`] (host choice
+//! by `target_session_attrs`); [`session`] decides what to stream and when to reconnect.
+//!
+//! Invariant: the flush position reported upstream is the store's durable position, which only
+//! moves after fsync.
 
 mod auth;
 pub mod connection;
 pub mod error;
 mod message;
+pub mod session;
+pub mod status;
 pub mod target;
 pub mod tls;
 mod wire;
 
 pub use connection::{connect, parse_next_timeline, Connection, CopyEvent, StartOutcome};
 pub use error::{Rows, ServerError, UpstreamError};
+pub use session::{supervise, UpstreamConfig};
+pub use status::{UpstreamState, UpstreamStatus};
 pub use target::connect_any;

@@ -30,7 +30,9 @@ pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>, HistoryError> 
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let mut fields = trimmed.split(|c: char| c.is_ascii_whitespace()).filter(|f| !f.is_empty());
+        let mut fields = trimmed
+            .split(|c: char| c.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
         let tli: TimeLineId = fields
             .next()
             .and_then(|f| f.parse().ok())
@@ -69,7 +71,11 @@ pub fn switch_point(
 
 /// `tliOfPointInHistory`: the timeline that `lsn` belongs to in the lineage of `current`.
 pub fn timeline_of_point(lsn: Lsn, current: TimeLineId, history: &[HistoryEntry]) -> TimeLineId {
-    history.iter().find(|e| lsn < e.switchpoint).map(|e| e.tli).unwrap_or(current)
+    history
+        .iter()
+        .find(|e| lsn < e.switchpoint)
+        .map(|e| e.tli)
+        .unwrap_or(current)
 }
 
 #[cfg(test)]
@@ -79,8 +85,15 @@ mod tests {
     #[test]
     fn parses_real_history() {
         let h = parse_history(b"1\t0/304AC00\tno recovery target specified\n").unwrap();
-        assert_eq!(h, vec![HistoryEntry { tli: 1, switchpoint: Lsn(0x304AC00) }]);
-        let h = parse_history(b"1\t0/3000000\tr\n\n2\t0/5000000\tr\n# c\n3\t0/7000000\tr\n").unwrap();
+        assert_eq!(
+            h,
+            vec![HistoryEntry {
+                tli: 1,
+                switchpoint: Lsn(0x304AC00)
+            }]
+        );
+        let h =
+            parse_history(b"1\t0/3000000\tr\n\n2\t0/5000000\tr\n# c\n3\t0/7000000\tr\n").unwrap();
         assert_eq!(h.len(), 3);
         assert_eq!(switch_point(2, 4, &h), Some((Some(Lsn(0x5000000)), 3)));
         assert_eq!(switch_point(3, 4, &h), Some((Some(Lsn(0x7000000)), 4)));

@@ -31,8 +31,14 @@ pub fn history_file_name(tli: TimeLineId) -> String {
 /// A file name in a WAL directory, understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalFileName {
-    Segment { tli: TimeLineId, segno: u64, partial: bool },
-    History { tli: TimeLineId },
+    Segment {
+        tli: TimeLineId,
+        segno: u64,
+        partial: bool,
+    },
+    History {
+        tli: TimeLineId,
+    },
 }
 
 /// Parses a segment (optionally `.partial`) or history file name; anything else is `None`.
@@ -59,7 +65,11 @@ pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<WalFileName> {
     if seg >= per_id {
         return None;
     }
-    Some(WalFileName::Segment { tli, segno: log * per_id + seg, partial })
+    Some(WalFileName::Segment {
+        tli,
+        segno: log * per_id + seg,
+        partial,
+    })
 }
 
 /// First LSN of a segment.
@@ -106,13 +116,24 @@ mod tests {
         assert_eq!(segment_file_name(1, 0x1FF, SEG), "0000000100000001000000FF");
         assert_eq!(
             parse_wal_file_name("0000000100000001000000FF", SEG),
-            Some(WalFileName::Segment { tli: 1, segno: 0x1FF, partial: false })
+            Some(WalFileName::Segment {
+                tli: 1,
+                segno: 0x1FF,
+                partial: false
+            })
         );
         assert_eq!(
             parse_wal_file_name("000000010000000000000003.partial", SEG),
-            Some(WalFileName::Segment { tli: 1, segno: 3, partial: true })
+            Some(WalFileName::Segment {
+                tli: 1,
+                segno: 3,
+                partial: true
+            })
         );
-        assert_eq!(parse_wal_file_name("00000002.history", SEG), Some(WalFileName::History { tli: 2 }));
+        assert_eq!(
+            parse_wal_file_name("00000002.history", SEG),
+            Some(WalFileName::History { tli: 2 })
+        );
         assert_eq!(parse_wal_file_name("000000010000000000000100", SEG), None);
         assert_eq!(parse_wal_file_name("0000000100000000000000zz", SEG), None);
         assert_eq!(parse_wal_file_name("state", SEG), None);

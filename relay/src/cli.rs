@@ -1,0 +1,71 @@
+//! The command line: subcommands and `run` flags. Each `run` flag is also read from
+//! `WALRELAY_<NAME>` env by clap; the config file is merged in [`crate::config`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walrelay",
+    version,
+    about = "PostgreSQL WAL cascading-replication relay"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay daemon.
+    Run(RunArgs),
+    /// Validate a config file and exit.
+    CheckConfig {
+        #[arg(long, env = "WALRELAY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long, env = "WALRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Upstream conninfo (libpq key=value or postgresql:// URI; several hosts allowed).
+    #[arg(long, env = "WALRELAY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Physical replication slot on the upstream (created when missing).
+    #[arg(long, env = "WALRELAY_SLOT")]
+    pub slot: Option<String>,
+    /// Where downstream replicas connect [default: 127.0.0.1:5433].
+    #[arg(long, env = "WALRELAY_LISTEN")]
+    pub listen: Option<String>,
+    /// HTTP endpoint for /metrics, /status, /healthz, /readyz [default: 127.0.0.1:9433].
+    #[arg(long, env = "WALRELAY_HTTP")]
+    pub http: Option<String>,
+    /// Directory for WAL segments, history files and relay state.
+    #[arg(long, env = "WALRELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HA failover candidate whose confirmed flush bounds what is served (repeatable).
+    #[arg(
+        long = "failover-standby",
+        env = "WALRELAY_FAILOVER_STANDBY",
+        value_delimiter = ','
+    )]
+    pub failover_standby: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,197 @@
+//! Answers to replication commands, from the store's state, in PostgreSQL's formats and words.
+
+use std::sync::Arc;
+
+use super::session::{server_major, Client, Conn, SessionEnd};
+use super::{walsender, Context};
+use crate::proto::backend::{self, Column};
+use crate::proto::command::{parse_command, Command, CommandError};
+use crate::proto::error::{sqlstate, PgError};
+use crate::wal::segment::{format_seg_size, history_file_name};
+
+pub async fn execute(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    client: &Client,
+    query: &str,
+) -> Result<(), SessionEnd> {
+    tracing::debug!(query, "replication command");
+    let cmd = match parse_command(query) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e {
+                CommandError::NotReplicationCommand => sqlstate::FEATURE_NOT_SUPPORTED,
+                CommandError::Syntax | CommandError::InvalidTimeline(_) => sqlstate::SYNTAX_ERROR,
+            };
+            conn.send_error(&PgError::error(code, e.to_string()))
+                .await?;
+            return Ok(());
+        }
+    };
+    let major = server_major(&client.identity.server_version);
+    let out = &mut conn.out;
+    match cmd {
+        // An empty query is not a replication command, so a physical walsender treats it as
+        // SQL and refuses it.
+        Command::Empty => {
+            return Ok(conn
+                .send_error(&PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    CommandError::NotReplicationCommand.to_string(),
+                ))
+                .await?)
+        }
+        Command::IdentifySystem => {
+            let d = ctx.store.durable();
+            let tli_col = if major >= 16 { Column::int8("timeline") } else { Column::int4("timeline") };
+            backend::single_row(
+                out,
+                &[Column::text("systemid"), tli_col, Column::text("xlogpos"), Column::text("dbname")],
+                &[
+                    Some(client.identity.system_identifier.as_bytes()),
+                    Some(d.timeline.to_string().as_bytes()),
+                    Some(d.lsn.to_string().as_bytes()),
+                    None,
+                ],
+                "IDENTIFY_SYSTEM",
+            );
+        }
+        Command::Show(name) => match show_value(&name, client) {
+            Some((col, v)) => {
+                backend::single_row(out, &[Column::text(col)], &[Some(v.as_bytes())], "SHOW");
+            }
+            None => {
+                return Ok(conn
+                    .send_error(&PgError::error(
+                        sqlstate::UNDEFINED_OBJECT,
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    ))
+                    .await?)
+            }
+        },
+        Command::TimelineHistory(tli) => {
+            // PostgreSQL sends the RowDescription before it opens the file.
+            let content_col = if major <= 13 {
+                Column { name: "content", type_oid: backend::oid::BYTEA }
+            } else {
+                Column::text("content")
+            };
+            backend::row_description(out, &[Column::text("filename"), content_col]);
+            let name = history_file_name(tli);
+            match ctx.store.history(tli) {
+                Some(content) => {
+                    backend::data_row(out, &[Some(name.as_bytes()), Some(&content)]);
+                    backend::command_complete(out, "TIMELINE_HISTORY");
+                }
+                None => {
+                    return Ok(conn
+                        .send_error(&PgError::error(
+                            sqlstate::UNDEFINED_FILE,
+                            format!("could not open file \"pg_wal/{name}\": No such file or directory"),
+                        ))
+                        .await?)
+                }
+            }
+        }
+        Command::ReadReplicationSlot(_) if major < 15 => {
+            return Ok(conn.send_error(&PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                CommandError::NotReplicationCommand.to_string(),
+            ))
+            .await?)
+        }
+        Command::ReadReplicationSlot(_) => {
+            // No slots on the relay yet: "does not exist" is a row of NULLs, not an error.
+            backend::single_row(
+                out,
+                &[Column::text("slot_type"), Column::text("restart_lsn"), Column::int8("restart_tli")],
+                &[None, None, None],
+                "READ_REPLICATION_SLOT",
+            );
+        }
+        Command::DropSlot { name, .. } => {
+            return Ok(conn.send_error(&slot_missing(&name)).await?);
+        }
+        Command::CreatePhysicalSlot { .. } => {
+            return Ok(conn
+                .send_error(&PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "replication slots on the relay are not supported yet",
+                ))
+                .await?)
+        }
+        Command::CreateLogicalSlot { .. } | Command::StartLogicalReplication { .. } => {
+            return Ok(conn
+                .send_error(&PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "walrelay supports only physical replication",
+                ))
+                .await?)
+        }
+        Command::StartReplication { slot: Some(slot), .. } => {
+            return Ok(conn.send_error(&slot_missing(&slot)).await?);
+        }
+        Command::StartReplication { slot: None, start, timeline } => {
+            return walsender::start_replication(ctx, conn, client, start, timeline).await;
+        }
+        Command::BaseBackup => {
+            return Ok(conn
+                .send_error(
+                    &PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, "walrelay cannot take base backups")
+                        .with_hint("Take the base backup from the primary with pg_basebackup, then point primary_conninfo at the relay."),
+                )
+                .await?)
+        }
+        Command::AlterReplicationSlot | Command::UploadManifest => {
+            return Ok(conn
+                .send_error(&PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "this replication command is not supported by walrelay",
+                ))
+                .await?)
+        }
+    }
+    backend::ready_for_query(&mut conn.out);
+    conn.flush().await?;
+    Ok(())
+}
+
+fn slot_missing(name: &str) -> PgError {
+    PgError::error(
+        sqlstate::UNDEFINED_OBJECT,
+        format!("replication slot \"{name}\" does not exist"),
+    )
+}
+
+/// The values a walsender's `SHOW` gives that clients use, as a hot standby reports them:
+/// the column name (spelled as PostgreSQL spells the variable) and the value.
+fn show_value(name: &str, client: &Client) -> Option<(&'static str, String)> {
+    let id = &client.identity;
+    Some(match name {
+        "wal_segment_size" => ("wal_segment_size", format_seg_size(id.seg_size)),
+        "data_directory_mode" => ("data_directory_mode", "0700".into()),
+        "transaction_read_only" => ("transaction_read_only", "on".into()),
+        "default_transaction_read_only" => ("default_transaction_read_only", "on".into()),
+        "in_hot_standby" => ("in_hot_standby", "on".into()),
+        "integer_datetimes" => ("integer_datetimes", "on".into()),
+        "server_version" => ("server_version", id.server_version.clone()),
+        "server_version_num" => {
+            let mut parts = id
+                .server_version
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|p| p.parse::<u32>().ok());
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            ("server_version_num", (major * 10000 + minor).to_string())
+        }
+        "application_name" => ("application_name", client.application_name.clone()),
+        "server_encoding" => ("server_encoding", "UTF8".into()),
+        "client_encoding" => ("client_encoding", "UTF8".into()),
+        "wal_block_size" => ("wal_block_size", "8192".into()),
+        "block_size" => ("block_size", "8192".into()),
+        "max_identifier_length" => ("max_identifier_length", "63".into()),
+        "timezone" => ("TimeZone", "Etc/UTC".into()),
+        "datestyle" => ("DateStyle", "ISO, MDY".into()),
+        "standard_conforming_strings" => ("standard_conforming_strings", "on".into()),
+        _ => return None,
+    })
+}

@@ -1,0 +1,371 @@
+//! One downstream connection: startup packet negotiation, authentication, the parameters a
+//! walsender reports, then the simple-query command loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tracing::{field, info, Instrument};
+
+use super::{commands, is_loopback, Context};
+use crate::proto::backend;
+use crate::proto::error::{sqlstate, PgError};
+use crate::proto::frontend::{
+    parse_frontend, parse_startup_packet, FrontendMessage, StartupPacket,
+};
+use crate::proto::ProtocolError;
+use crate::store::Identity;
+use crate::wire::{self, MsgReader, WireError};
+
+/// How a session ended, for the log line.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("client disconnected")]
+    ClientGone,
+    #[error("{0}")]
+    Fatal(PgError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid message from client: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("relay shutting down")]
+    Shutdown,
+}
+
+impl From<WireError> for SessionEnd {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Closed => SessionEnd::ClientGone,
+            WireError::Io(e) => SessionEnd::Io(e),
+            WireError::Protocol(p) => SessionEnd::Protocol(p),
+        }
+    }
+}
+
+/// What the command loop and walsender know about the client.
+pub struct Client {
+    pub pid: i32,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub application_name: String,
+    pub identity: Identity,
+}
+
+/// The connection halves and the output buffer.
+pub struct Conn {
+    /// `None` only while a walsender's reply task holds it.
+    pub rd: Option<MsgReader<OwnedReadHalf>>,
+    pub wr: OwnedWriteHalf,
+    pub out: BytesMut,
+}
+
+impl Conn {
+    pub fn reader(&mut self) -> Result<&mut MsgReader<OwnedReadHalf>, SessionEnd> {
+        self.rd.as_mut().ok_or(SessionEnd::ClientGone)
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        wire::write_all(&mut self.wr, &mut self.out).await
+    }
+
+    /// Sends an ErrorResponse (and ReadyForQuery after an ERROR).
+    pub async fn send_error(&mut self, e: &PgError) -> std::io::Result<()> {
+        e.encode(&mut self.out);
+        if e.severity != crate::proto::error::Severity::Fatal {
+            backend::ready_for_query(&mut self.out);
+        }
+        self.flush().await
+    }
+}
+
+pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
+    let pid = ctx.next_pid();
+    let span = tracing::info_span!(
+        "downstream",
+        pid,
+        peer = %peer,
+        application_name = field::Empty,
+        user = field::Empty
+    );
+    async move {
+        let (rd, wr) = socket.into_split();
+        let mut conn = Conn {
+            rd: Some(MsgReader::new(rd)),
+            wr,
+            out: BytesMut::with_capacity(8192),
+        };
+        match session(&ctx, &mut conn, pid, peer).await {
+            Ok(()) | Err(SessionEnd::ClientGone) => info!("downstream disconnected"),
+            Err(SessionEnd::Fatal(e)) => {
+                info!("ending downstream connection: {e}");
+                let _ = conn.send_error(&e).await;
+            }
+            Err(SessionEnd::Protocol(e)) => {
+                info!("ending downstream connection: {e}");
+                let _ = conn
+                    .send_error(&PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
+                    .await;
+            }
+            Err(SessionEnd::Shutdown) => {
+                let e = PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                );
+                let _ = conn.send_error(&e).await;
+                info!("downstream connection closed at shutdown");
+            }
+            Err(SessionEnd::Io(e)) => info!("downstream connection lost: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn session(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    pid: i32,
+    peer: SocketAddr,
+) -> Result<(), SessionEnd> {
+    let (minor, params) = startup(conn).await?;
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        SessionEnd::Fatal(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        ))
+    })?;
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    let application_name = get("application_name").unwrap_or_default();
+    span.record("application_name", application_name.as_str());
+
+    check_replication_param(get("replication"))?;
+
+    // Protocol options (`_pq_.*`) and minor versions above 0 are answered with
+    // NegotiateProtocolVersion, as PostgreSQL does, before authentication.
+    let unsupported: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unsupported.is_empty() {
+        backend::negotiate_protocol_version(&mut conn.out, 0, &unsupported);
+    }
+
+    // Authentication. Until configurable rules exist, loopback clients are trusted and
+    // everyone else is refused, in pg_hba.conf's words.
+    if !is_loopback(&peer) {
+        return Err(SessionEnd::Fatal(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "no pg_hba.conf entry for replication connection from host \"{}\", user \"{}\", no encryption",
+                peer.ip(),
+                user
+            ),
+        )));
+    }
+
+    let Some(identity) = ctx.store.identity() else {
+        return Err(SessionEnd::Fatal(
+            PgError::fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                "the database system is starting up",
+            )
+            .with_detail("walrelay has not reached its upstream server yet."),
+        ));
+    };
+
+    backend::authentication_ok(&mut conn.out);
+    let client_encoding = get("client_encoding").unwrap_or_else(|| "UTF8".into());
+    let major = server_major(&identity.server_version);
+    let mut status: Vec<(&str, &str)> = vec![
+        ("application_name", &application_name),
+        ("client_encoding", &client_encoding),
+        ("DateStyle", "ISO, MDY"),
+        ("default_transaction_read_only", "on"),
+        ("in_hot_standby", "on"),
+        ("integer_datetimes", "on"),
+        ("IntervalStyle", "postgres"),
+        ("is_superuser", "on"),
+    ];
+    if major >= 16 {
+        status.push(("scram_iterations", "4096"));
+    }
+    if major >= 18 {
+        status.push(("search_path", "\"$user\", public"));
+    }
+    status.extend([
+        ("server_encoding", "UTF8"),
+        ("server_version", identity.server_version.as_str()),
+        ("session_authorization", user.as_str()),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "Etc/UTC"),
+    ]);
+    for (k, v) in status {
+        backend::parameter_status(&mut conn.out, k, v);
+    }
+    backend::backend_key_data(&mut conn.out, pid, rand::random::<i32>());
+    backend::ready_for_query(&mut conn.out);
+    conn.flush().await?;
+    info!("downstream connected");
+
+    let client = Client {
+        pid,
+        peer,
+        user,
+        application_name,
+        identity,
+    };
+    loop {
+        let msg = tokio::select! {
+            m = conn.reader()?.read_message() => m?,
+            _ = ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+        };
+        match parse_frontend(msg)? {
+            FrontendMessage::Query(q) => commands::execute(ctx, conn, &client, &q).await?,
+            FrontendMessage::Terminate => return Ok(()),
+            // Stray COPY messages after an error or after the server's CopyDone are ignored,
+            // as PostgreSQL's command loop does; so are Sync and Flush.
+            FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail(_)
+            | FrontendMessage::Sync
+            | FrontendMessage::Flush => {}
+            FrontendMessage::Password(_) | FrontendMessage::Other(_) => {
+                return Err(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "invalid frontend message type",
+                )))
+            }
+        }
+    }
+}
+
+/// Reads startup-phase packets until the StartupMessage, refusing TLS and GSS encryption with
+/// `N` (TLS for downstream clients comes with its own configuration).
+async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), SessionEnd> {
+    let mut ssl_answered = false;
+    let mut gss_answered = false;
+    loop {
+        let pkt = match conn.reader()?.read_startup_packet().await {
+            Ok(p) => p,
+            Err(WireError::Protocol(_)) => {
+                return Err(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "invalid length of startup packet",
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match parse_startup_packet(&pkt) {
+            Ok(StartupPacket::SslRequest) if !ssl_answered => {
+                ssl_answered = true;
+                conn.out.extend_from_slice(b"N");
+                conn.flush().await?;
+            }
+            Ok(StartupPacket::GssEncRequest) if !gss_answered => {
+                gss_answered = true;
+                conn.out.extend_from_slice(b"N");
+                conn.flush().await?;
+            }
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                return Err(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
+                )))
+            }
+            // A cancel request gets no answer; the connection just closes.
+            Ok(StartupPacket::Cancel { .. }) => return Err(SessionEnd::ClientGone),
+            Ok(StartupPacket::Startup { minor, params }) => return Ok((minor, params)),
+            Err(ProtocolError::UnsupportedProtocol { major, minor }) => {
+                return Err(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                    ),
+                )))
+            }
+            Err(e) => {
+                return Err(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+}
+
+/// `replication=true|on|yes|1` means a physical walsender; anything else is refused: the relay
+/// has no databases to run SQL in, and logical decoding needs a real server.
+fn check_replication_param(value: Option<String>) -> Result<(), SessionEnd> {
+    let refuse_sql = || {
+        SessionEnd::Fatal(
+            PgError::fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "walrelay accepts only physical replication connections",
+            )
+            .with_hint(
+                "Connect with replication=true, as primary_conninfo, pg_receivewal and pg_basebackup do; run SQL on the primary.",
+            ),
+        )
+    };
+    let Some(v) = value else {
+        return Err(refuse_sql());
+    };
+    if v == "database" {
+        return Err(SessionEnd::Fatal(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "walrelay does not support logical replication connections",
+        )));
+    }
+    match parse_bool(&v) {
+        Some(true) => Ok(()),
+        Some(false) => Err(refuse_sql()),
+        None => Err(SessionEnd::Fatal(PgError::fatal(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"replication\": \"{v}\""),
+        ))),
+    }
+}
+
+/// PostgreSQL's `parse_bool`: true/false, yes/no, on/off, 1/0, and unique prefixes.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    let l = v.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| l.len() >= min && word.starts_with(&l);
+    if prefix_of("true", 1) || prefix_of("yes", 1) || l == "on" || l == "1" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || l == "0" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The major version number of a `server_version` string (`15.18 (Debian …)` → 15).
+pub fn server_major(version: &str) -> u32 {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bools_and_versions() {
+        assert_eq!(parse_bool("true"), Some(true));
+        assert_eq!(parse_bool("on"), Some(true));
+        assert_eq!(parse_bool("of"), Some(false));
+        assert_eq!(parse_bool("o"), None);
+        assert_eq!(parse_bool("database"), None);
+        assert_eq!(server_major("15.18 (Debian 15.18-0+deb12u1)"), 15);
+        assert_eq!(server_major("18beta1"), 18);
+    }
+}

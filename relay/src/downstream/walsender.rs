@@ -1,0 +1,485 @@
+//! START_REPLICATION: the CopyBoth stream to one downstream.
+//!
+//! The send half (this task) waits on the store's durable position and sends `w` messages cut
+//! at page boundaries (at most 128 KiB each, as walsender.c's MAX_SEND_SIZE), and `k`
+//! keepalives while idle. A separate task reads the client's `r`/`h`/CopyDone so that a client
+//! that is busy writing never blocks on us and we never block on it.
+//!
+//! Invariant: no byte at or past the published durable position is ever sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+
+use super::registry::{Downstream, RegistryGuard, WalSndState};
+use super::session::{Client, Conn, SessionEnd};
+use super::Context;
+use crate::proto::backend::{self, Column};
+use crate::proto::error::{sqlstate, PgError};
+use crate::proto::frontend::{parse_frontend, FrontendMessage};
+use crate::proto::replication::{
+    encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
+};
+use crate::store::reader::{ReadError, WalReader};
+use crate::wal::history::{parse_history, switch_point};
+use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
+use crate::wire::{MsgReader, WireError};
+
+/// MAX_SEND_SIZE in walsender.c.
+const MAX_SEND: u64 = 16 * WAL_PAGE_SIZE;
+/// Idle time after which a keepalive is sent.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// `wal_sender_timeout`: a client silent this long is gone; at half of it we ask for a reply.
+const SENDER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the requested timeline ends, if it is not the relay's current one.
+#[derive(Debug, Clone, Copy)]
+struct Historic {
+    switchpoint: Lsn,
+    next_tli: TimeLineId,
+}
+
+/// What the reply reader tells the sender.
+enum ClientEvent {
+    Message(ClientCopyMessage),
+    /// The client sent CopyDone; the reader is handed back for the command loop.
+    CopyDone(MsgReader<OwnedReadHalf>),
+    Terminate,
+    Gone(SessionEnd),
+}
+
+/// Looks up where `tli` ends in the lineage of the relay's current timeline.
+fn historic_end(
+    ctx: &Context,
+    tli: TimeLineId,
+    current: TimeLineId,
+) -> Result<Option<Historic>, PgError> {
+    if tli == current {
+        return Ok(None);
+    }
+    let not_in_history = || {
+        PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            format!("requested timeline {tli} is not in this server's history"),
+        )
+    };
+    let history = match ctx.store.history(current) {
+        Some(h) => parse_history(&h).map_err(|_| not_in_history())?,
+        None => Vec::new(),
+    };
+    match switch_point(tli, current, &history) {
+        Some((Some(switchpoint), next_tli)) => Ok(Some(Historic {
+            switchpoint,
+            next_tli,
+        })),
+        _ => Err(not_in_history()),
+    }
+}
+
+pub async fn start_replication(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    client: &Client,
+    start: Lsn,
+    timeline: Option<TimeLineId>,
+) -> Result<(), SessionEnd> {
+    let durable = ctx.store.durable();
+    let tli = timeline.unwrap_or(durable.timeline);
+    let historic = match historic_end(ctx, tli, durable.timeline) {
+        Ok(h) => h,
+        Err(e) => return Ok(conn.send_error(&e).await?),
+    };
+    if let Some(h) = historic {
+        if start > h.switchpoint {
+            let e = PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                format!("requested starting point {start} on timeline {tli} is not in this server's history"),
+            )
+            .with_detail(format!("This server's history forked from timeline {tli} at {}.", h.switchpoint));
+            return Ok(conn.send_error(&e).await?);
+        }
+        if start == h.switchpoint {
+            // Nothing to stream on this timeline: answer with the next timeline, no COPY.
+            end_of_timeline_result(conn, h);
+            return Ok(conn.flush().await?);
+        }
+    }
+
+    backend::copy_both_response(&mut conn.out);
+    if historic.is_none() && start > durable.lsn {
+        let e = PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            format!(
+                "requested starting point {start} is ahead of the WAL flush position of this server {}",
+                durable.lsn
+            ),
+        );
+        return Ok(conn.send_error(&e).await?);
+    }
+    let mut reader = Some(WalReader::new(ctx.store.clone()));
+    let seg_size = reader.as_ref().map(|r| r.seg_size()).unwrap_or(16 << 20);
+    // At the durable end the next segment may not exist yet: the stream just waits for it.
+    let available_end = historic.map(|h| h.switchpoint).unwrap_or(durable.lsn);
+    if let Some(r) = reader.as_mut().filter(|_| start < available_end) {
+        if let Err(e) = r.check_segment(file_tli(tli, historic, start, seg_size), start) {
+            return Ok(conn.send_error(&read_error(e)).await?);
+        }
+    }
+    conn.flush().await?;
+    tracing::info!(%start, timeline = tli, "started streaming WAL");
+
+    let guard = ctx.registry.register(Downstream {
+        pid: client.pid,
+        application_name: client.application_name.clone(),
+        user: client.user.clone(),
+        client_addr: client.peer,
+        connected_at: SystemTime::now(),
+        state: WalSndState::Catchup,
+        timeline: Some(tli),
+        slot_name: None,
+        sent: start,
+        write: Lsn(0),
+        flush: Lsn(0),
+        replay: Lsn(0),
+        reply_time: None,
+        bytes_sent: 0,
+        hs_feedback: None,
+        lag: Default::default(),
+    });
+
+    // Hand the read half to the reply reader for the duration of the stream.
+    let Some(rd) = conn.rd.take() else {
+        return Err(SessionEnd::ClientGone);
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let reader_task = tokio::spawn(read_replies(rd, ev_tx));
+    let mut s = Sender {
+        ctx: ctx.clone(),
+        guard,
+        tli,
+        historic,
+        sent: start,
+        seg_size,
+        reader: reader.take(),
+        ev_rx,
+        last_heard: Instant::now(),
+        durable_at: Instant::now(),
+        ping_sent: false,
+    };
+    let result = s.stream(conn).await;
+    reader_task.abort();
+    match result {
+        Ok(rd) => {
+            conn.rd = Some(rd);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct Sender {
+    ctx: Arc<Context>,
+    guard: RegistryGuard,
+    tli: TimeLineId,
+    historic: Option<Historic>,
+    sent: Lsn,
+    seg_size: u64,
+    reader: Option<WalReader>,
+    ev_rx: mpsc::Receiver<ClientEvent>,
+    last_heard: Instant,
+    durable_at: Instant,
+    ping_sent: bool,
+}
+
+/// The file a position of `tli` is read from: the segment holding a timeline's switch point is
+/// read from the next timeline's file (WalSndSegmentOpen), which exists even when the old
+/// timeline's copy does not.
+fn file_tli(tli: TimeLineId, historic: Option<Historic>, lsn: Lsn, seg_size: u64) -> TimeLineId {
+    match historic {
+        Some(h) if lsn.segment(seg_size) == h.switchpoint.segment(seg_size) => h.next_tli,
+        _ => tli,
+    }
+}
+
+fn read_error(e: ReadError) -> PgError {
+    match e {
+        ReadError::SegmentMissing(_) => PgError::error(sqlstate::UNDEFINED_FILE, e.to_string()),
+        ReadError::Io { .. } => PgError::error(sqlstate::INTERNAL_ERROR, e.to_string()),
+    }
+}
+
+/// `T next_tli next_tli_startpos / D / C START_STREAMING / C START_REPLICATION / Z`.
+fn end_of_timeline_result(conn: &mut Conn, h: Historic) {
+    backend::row_description(
+        &mut conn.out,
+        &[Column::int8("next_tli"), Column::text("next_tli_startpos")],
+    );
+    backend::data_row(
+        &mut conn.out,
+        &[
+            Some(h.next_tli.to_string().as_bytes()),
+            Some(h.switchpoint.to_string().as_bytes()),
+        ],
+    );
+    backend::command_complete(&mut conn.out, "START_STREAMING");
+    backend::command_complete(&mut conn.out, "START_REPLICATION");
+    backend::ready_for_query(&mut conn.out);
+}
+
+impl Sender {
+    /// Streams until the client ends the stream (returns the reader for the command loop) or
+    /// the connection ends.
+    async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
+        let mut durable_rx = self.ctx.store.subscribe();
+        let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
+        loop {
+            let durable = *durable_rx.borrow_and_update();
+            if self.historic.is_none() && durable.timeline != self.tli {
+                // The relay moved to a new timeline under us: ours is historic now.
+                match historic_end(&self.ctx, self.tli, durable.timeline) {
+                    Ok(h) => self.historic = h,
+                    Err(e) => return Err(SessionEnd::Fatal(e)),
+                }
+            }
+            let end = match self.historic {
+                Some(h) => h.switchpoint,
+                None => durable.lsn,
+            };
+            if self.sent < end {
+                self.send_chunk(conn, end).await?;
+                keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
+                while let Ok(ev) = self.ev_rx.try_recv() {
+                    if let Some(rd) = self.on_event(conn, ev, end).await? {
+                        return Ok(rd);
+                    }
+                }
+                continue;
+            }
+            if let Some(h) = self.historic {
+                return self.end_timeline(conn, h).await;
+            }
+            self.guard.update(|d| d.state = WalSndState::Streaming);
+            let ping_due = self.last_heard + SENDER_TIMEOUT / 2;
+            let timeout_at = self.last_heard + SENDER_TIMEOUT;
+            tokio::select! {
+                r = durable_rx.changed() => {
+                    if r.is_err() {
+                        return Err(SessionEnd::Shutdown);
+                    }
+                    self.durable_at = Instant::now();
+                }
+                ev = self.ev_rx.recv() => {
+                    let ev = ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone));
+                    if let Some(rd) = self.on_event(conn, ev, end).await? {
+                        return Ok(rd);
+                    }
+                }
+                _ = tokio::time::sleep_until(keepalive_due.min(ping_due).into()) => {
+                    let ping = Instant::now() >= ping_due && !self.ping_sent;
+                    self.ping_sent |= ping;
+                    self.keepalive(conn, ping).await?;
+                    keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
+                }
+                _ = tokio::time::sleep_until(timeout_at.into()) => {
+                    tracing::info!("terminating walsender due to replication timeout");
+                    return Err(SessionEnd::ClientGone);
+                }
+                _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+            }
+        }
+    }
+
+    async fn send_chunk(&mut self, conn: &mut Conn, end: Lsn) -> Result<(), SessionEnd> {
+        let mut chunk_end = Lsn(end.0.min(self.sent.0 + MAX_SEND));
+        if chunk_end < end {
+            // More is pending: cut at a page boundary, as walsender.c does.
+            let page = chunk_end.page_start();
+            if page > self.sent {
+                chunk_end = page;
+            }
+        }
+        let ftli = file_tli(self.tli, self.historic, self.sent, self.seg_size);
+        let data = self
+            .read(ftli, self.sent, chunk_end)
+            .await
+            .map_err(|e| SessionEnd::Fatal(read_error(e)))?;
+        if data.is_empty() {
+            return Err(SessionEnd::Fatal(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "could not read WAL",
+            )));
+        }
+        encode_xlog_data_frame(&mut conn.out, self.sent, end, &data);
+        conn.flush().await?;
+        let n = data.len() as u64;
+        self.sent = Lsn(self.sent.0 + n);
+        let (sent, at) = (self.sent, self.durable_at);
+        self.guard.update(|d| {
+            d.sent = sent;
+            d.bytes_sent += n;
+            d.lag.record_sent(sent, at);
+        });
+        metrics::counter!("walrelay_wal_sent_bytes_total").increment(n);
+        Ok(())
+    }
+
+    /// Reads from the in-memory tail directly, from disk on a blocking thread.
+    async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
+        let max = (end.0 - lsn.0) as usize;
+        if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
+            return Ok(b);
+        }
+        let Some(mut reader) = self.reader.take() else {
+            return Err(ReadError::Io {
+                name: String::new(),
+                source: std::io::Error::other("reader lost"),
+            });
+        };
+        let (reader, r) = tokio::task::spawn_blocking(move || {
+            let r = reader.read(tli, lsn, end, max);
+            (reader, r)
+        })
+        .await
+        .map_err(|e| ReadError::Io {
+            name: String::new(),
+            source: std::io::Error::other(e),
+        })?;
+        self.reader = Some(reader);
+        r
+    }
+
+    async fn keepalive(
+        &mut self,
+        conn: &mut Conn,
+        reply_requested: bool,
+    ) -> Result<(), SessionEnd> {
+        Keepalive {
+            wal_end: self.sent,
+            send_time: now_pg(),
+            reply_requested,
+        }
+        .encode_frame(&mut conn.out);
+        Ok(conn.flush().await?)
+    }
+
+    /// Handles one event from the client; `Some(reader)` when the stream is over.
+    async fn on_event(
+        &mut self,
+        conn: &mut Conn,
+        ev: ClientEvent,
+        _end: Lsn,
+    ) -> Result<Option<MsgReader<OwnedReadHalf>>, SessionEnd> {
+        self.last_heard = Instant::now();
+        self.ping_sent = false;
+        match ev {
+            ClientEvent::Message(ClientCopyMessage::Status(s)) => {
+                self.guard.on_reply(s.write, s.flush, s.apply);
+                if s.reply_requested {
+                    self.keepalive(conn, false).await?;
+                }
+                Ok(None)
+            }
+            ClientEvent::Message(ClientCopyMessage::HotStandbyFeedback(h)) => {
+                self.guard.update(|d| d.hs_feedback = Some(h));
+                Ok(None)
+            }
+            ClientEvent::CopyDone(rd) => {
+                // Client ends the stream: CopyDone back, then the two CommandCompletes.
+                backend::copy_done(&mut conn.out);
+                backend::command_complete(&mut conn.out, "START_STREAMING");
+                backend::command_complete(&mut conn.out, "START_REPLICATION");
+                backend::ready_for_query(&mut conn.out);
+                conn.flush().await?;
+                Ok(Some(rd))
+            }
+            ClientEvent::Terminate => Err(SessionEnd::ClientGone),
+            ClientEvent::Gone(e) => Err(e),
+        }
+    }
+
+    /// All WAL up to the switch point is sent: CopyDone, wait for the client's CopyDone, then
+    /// the next-timeline result set.
+    async fn end_timeline(
+        &mut self,
+        conn: &mut Conn,
+        h: Historic,
+    ) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
+        tracing::info!(timeline = self.tli, switchpoint = %h.switchpoint, next = h.next_tli, "end of timeline reached");
+        self.guard.update(|d| d.state = WalSndState::Stopping);
+        backend::copy_done(&mut conn.out);
+        conn.flush().await?;
+        loop {
+            let ev = tokio::select! {
+                ev = self.ev_rx.recv() => ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone)),
+                _ = tokio::time::sleep(SENDER_TIMEOUT) => return Err(SessionEnd::ClientGone),
+                _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+            };
+            match ev {
+                ClientEvent::Message(ClientCopyMessage::Status(s)) => {
+                    self.guard.on_reply(s.write, s.flush, s.apply)
+                }
+                ClientEvent::Message(_) => {}
+                ClientEvent::CopyDone(rd) => {
+                    end_of_timeline_result(conn, h);
+                    conn.flush().await?;
+                    return Ok(rd);
+                }
+                ClientEvent::Terminate => return Err(SessionEnd::ClientGone),
+                ClientEvent::Gone(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reads the client's messages during the stream and forwards them to the sender.
+async fn read_replies(mut rd: MsgReader<OwnedReadHalf>, tx: mpsc::Sender<ClientEvent>) {
+    loop {
+        let ev = match rd.read_message().await {
+            Err(e) => ClientEvent::Gone(match e {
+                WireError::Closed => SessionEnd::ClientGone,
+                other => other.into(),
+            }),
+            Ok(msg) => match parse_frontend(msg) {
+                Ok(FrontendMessage::CopyData(payload)) => match parse_client_copy(&payload) {
+                    Ok(m) => ClientEvent::Message(m),
+                    Err(_) => ClientEvent::Gone(SessionEnd::Fatal(PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
+                            "unexpected message type \"{}\"",
+                            payload.first().map(|b| char::from(*b)).unwrap_or(' ')
+                        ),
+                    ))),
+                },
+                Ok(FrontendMessage::CopyDone) => {
+                    let _ = tx.send(ClientEvent::CopyDone(rd)).await;
+                    return;
+                }
+                Ok(FrontendMessage::Terminate) => ClientEvent::Terminate,
+                Ok(other) => ClientEvent::Gone(SessionEnd::Fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid standby message type \"{}\"", other_tag(&other)),
+                ))),
+                Err(e) => ClientEvent::Gone(e.into()),
+            },
+        };
+        let last = matches!(ev, ClientEvent::Gone(_) | ClientEvent::Terminate);
+        if tx.send(ev).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn other_tag(m: &FrontendMessage) -> char {
+    match m {
+        FrontendMessage::Query(_) => 'Q',
+        FrontendMessage::CopyFail(_) => 'f',
+        FrontendMessage::Password(_) => 'p',
+        FrontendMessage::Sync => 'S',
+        FrontendMessage::Flush => 'H',
+        FrontendMessage::Other(t) => char::from(*t),
+        _ => '?',
+    }
+}

@@ -1,0 +1,141 @@
+//! `/metrics`: counters recorded through the `metrics` facade (rendered by the Prometheus
+//! exporter), plus gauges computed at scrape time from live state, so a replica that
+//! disconnected leaves no stale series behind.
+
+use std::fmt::Write;
+
+use super::HttpState;
+
+/// Prometheus label value escaping.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+fn sample(out: &mut String, name: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{name} {value}");
+}
+
+pub fn render(s: &HttpState) -> String {
+    let mut out = s.prometheus.render();
+    let up = s.upstream.get();
+    let durable = s.store.durable();
+
+    header(
+        &mut out,
+        "walrelay_upstream_connected",
+        "1 while streaming from the upstream server.",
+    );
+    sample(&mut out, "walrelay_upstream_connected", up.connected as u8);
+    header(
+        &mut out,
+        "walrelay_timeline",
+        "Timeline of the relay's newest durable WAL.",
+    );
+    sample(&mut out, "walrelay_timeline", durable.timeline);
+    header(
+        &mut out,
+        "walrelay_flushed_lsn_bytes",
+        "Durable end of the relay's WAL, as a byte position.",
+    );
+    sample(&mut out, "walrelay_flushed_lsn_bytes", durable.lsn.0);
+    header(
+        &mut out,
+        "walrelay_received_lsn_bytes",
+        "End of WAL received from upstream, as a byte position.",
+    );
+    sample(
+        &mut out,
+        "walrelay_received_lsn_bytes",
+        up.received_lsn.unwrap_or(durable.lsn).0,
+    );
+    header(
+        &mut out,
+        "walrelay_upstream_wal_end_lsn_bytes",
+        "The upstream's WAL end from its last message.",
+    );
+    sample(
+        &mut out,
+        "walrelay_upstream_wal_end_lsn_bytes",
+        up.upstream_lsn.unwrap_or(durable.lsn).0,
+    );
+    header(
+        &mut out,
+        "walrelay_upstream_lag_bytes",
+        "Upstream WAL end minus the relay's durable position.",
+    );
+    sample(
+        &mut out,
+        "walrelay_upstream_lag_bytes",
+        up.upstream_lsn
+            .map(|u| u.saturating_sub(durable.lsn))
+            .unwrap_or(0),
+    );
+
+    let downstreams = s.registry.snapshot();
+    header(
+        &mut out,
+        "walrelay_downstreams",
+        "Connected downstream walsender sessions.",
+    );
+    sample(&mut out, "walrelay_downstreams", downstreams.len());
+    header(
+        &mut out,
+        "walrelay_downstream_lag_bytes",
+        "Bytes between the relay's durable WAL end and what the replica was sent / wrote / flushed / replayed.",
+    );
+    for d in &downstreams {
+        let labels = format!(
+            "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
+            esc(&d.application_name),
+            d.client_addr.ip(),
+            d.pid
+        );
+        for (stage, lsn) in [
+            ("sent", d.sent),
+            ("write", d.write),
+            ("flush", d.flush),
+            ("replay", d.replay),
+        ] {
+            // A replica that reports no position for a stage (pg_receivewal's replay is 0/0)
+            // has no figure for it rather than a huge one.
+            if lsn.is_valid() {
+                let v = durable.lsn.saturating_sub(lsn);
+                let _ = writeln!(
+                    out,
+                    "walrelay_downstream_lag_bytes{{{labels},stage=\"{stage}\"}} {v}"
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "walrelay_downstream_lag_seconds",
+        "Time between the relay making WAL durable and the replica reporting it written / flushed / replayed (pg_stat_replication's *_lag; 0 when idle).",
+    );
+    for d in &downstreams {
+        let labels = format!(
+            "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
+            esc(&d.application_name),
+            d.client_addr.ip(),
+            d.pid
+        );
+        for (stage, lag) in [
+            ("write", d.write_lag),
+            ("flush", d.flush_lag),
+            ("replay", d.replay_lag),
+        ] {
+            let v = lag.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "walrelay_downstream_lag_seconds{{{labels},stage=\"{stage}\"}} {v}"
+            );
+        }
+    }
+    out
+}

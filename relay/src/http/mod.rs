@@ -1,0 +1,76 @@
+//! The operator's HTTP endpoint: `/healthz` (process alive), `/readyz` (streaming from upstream
+//! and serving), `/status` (JSON), `/metrics` (Prometheus text).
+
+pub mod metrics;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::downstream::Registry;
+use crate::store::Store;
+use crate::upstream::UpstreamState;
+
+/// What the endpoints read.
+pub struct HttpState {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub upstream: Arc<UpstreamState>,
+    pub prometheus: PrometheusHandle,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, cancel: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = r {
+        tracing::error!("HTTP server failed: {e}");
+    }
+}
+
+async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    let up = s.upstream.get();
+    let health = s.store.health().borrow().clone();
+    if let Some(e) = health.error {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: WAL ingest stopped: {e}\n"),
+        );
+    }
+    if !up.connected {
+        let why = up.last_error.unwrap_or_else(|| "not connected".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: upstream: {why}\n"),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
+async fn status_json(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    Json(status::build(&s))
+}
+
+async fn metrics_text(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&s),
+    )
+}

@@ -1,0 +1,117 @@
+//! The `/status` document. Keys are part of the brief's contract: extend, never rename.
+
+use serde::Serialize;
+
+use super::HttpState;
+use crate::wal::{Lsn, TimeLineId};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub upstream: UpstreamJson,
+    pub downstreams: Vec<DownstreamJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamJson {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub connected: bool,
+    pub timeline: Option<TimeLineId>,
+    pub system_identifier: Option<String>,
+    pub server_version: Option<String>,
+    pub received_lsn: Option<Lsn>,
+    pub flushed_lsn: Option<Lsn>,
+    pub upstream_lsn: Option<Lsn>,
+    pub lag_bytes: Option<u64>,
+    pub stream_start_lsn: Option<Lsn>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    pub ingest_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DownstreamJson {
+    pub pid: i32,
+    pub application_name: String,
+    pub usename: String,
+    pub client_addr: String,
+    pub client_port: u16,
+    pub state: &'static str,
+    pub timeline: Option<TimeLineId>,
+    pub slot_name: Option<String>,
+    pub sent_lsn: Lsn,
+    pub write_lsn: Lsn,
+    pub flush_lsn: Lsn,
+    pub replay_lsn: Lsn,
+    pub write_lag_seconds: Option<f64>,
+    pub flush_lag_seconds: Option<f64>,
+    pub replay_lag_seconds: Option<f64>,
+    pub sent_lag_bytes: u64,
+    pub replay_lag_bytes: u64,
+    pub bytes_sent: u64,
+    /// Seconds since the Unix epoch when the session started.
+    pub backend_start: f64,
+}
+
+pub fn build(s: &HttpState) -> Status {
+    let up = s.upstream.get();
+    let durable = s.store.durable();
+    let identity = s.store.identity();
+    let ingest_error = s.store.health().borrow().error.clone();
+    let upstream = UpstreamJson {
+        host: up.host,
+        port: up.port,
+        connected: up.connected,
+        timeline: up
+            .timeline
+            .or((durable.timeline > 0).then_some(durable.timeline)),
+        system_identifier: up
+            .system_identifier
+            .or_else(|| identity.as_ref().map(|i| i.system_identifier.clone())),
+        server_version: up
+            .server_version
+            .or_else(|| identity.as_ref().map(|i| i.server_version.clone())),
+        received_lsn: up.received_lsn,
+        flushed_lsn: durable.lsn.is_valid().then_some(durable.lsn),
+        upstream_lsn: up.upstream_lsn,
+        lag_bytes: up.upstream_lsn.map(|u| u.saturating_sub(durable.lsn)),
+        stream_start_lsn: up.stream_start_lsn,
+        reconnects: up.reconnects,
+        last_error: up.last_error,
+        ingest_error,
+    };
+    let downstreams = s
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|d| DownstreamJson {
+            pid: d.pid,
+            application_name: d.application_name,
+            usename: d.user,
+            client_addr: d.client_addr.ip().to_string(),
+            client_port: d.client_addr.port(),
+            state: d.state.as_str(),
+            timeline: d.timeline,
+            slot_name: d.slot_name,
+            sent_lsn: d.sent,
+            write_lsn: d.write,
+            flush_lsn: d.flush,
+            replay_lsn: d.replay,
+            write_lag_seconds: d.write_lag,
+            flush_lag_seconds: d.flush_lag,
+            replay_lag_seconds: d.replay_lag,
+            sent_lag_bytes: durable.lsn.saturating_sub(d.sent),
+            replay_lag_bytes: durable.lsn.saturating_sub(d.replay),
+            bytes_sent: d.bytes_sent,
+            backend_start: d
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_secs_f64())
+                .unwrap_or(0.0),
+        })
+        .collect();
+    Status {
+        upstream,
+        downstreams,
+    }
+}

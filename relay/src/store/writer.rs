@@ -1,0 +1,315 @@
+//! The single writer: a dedicated thread that appends WAL to segment files, fsyncs in batches
+//! (group commit: everything queued while the previous fsync ran is synced by the next one),
+//! and only then publishes the new durable position.
+//!
+//! Not cancel-safe by design: it runs on its own OS thread and finishes what it took from the
+//! queue. It stops when every sender is dropped, after a last fsync and state save.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{state, Durable, Store, WriterHealth};
+use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::{Lsn, TimeLineId};
+
+/// Bytes written without fsync before a batch is cut even if more is queued.
+const MAX_UNSYNCED: u64 = 16 << 20;
+/// How often the state file is refreshed while WAL flows.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub enum WriteCmd {
+    /// The upstream stream (re)starts at `lsn` of `tli`. Answers whether the writer can continue
+    /// there (it must be the durable end, or a segment start).
+    Start {
+        tli: TimeLineId,
+        lsn: Lsn,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// WAL bytes at `start`, continuing the previous command.
+    Wal { start: Lsn, data: Bytes },
+}
+
+/// The sending side, held by the upstream session.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<WriteCmd>,
+}
+
+impl WriterHandle {
+    pub async fn start(&self, tli: TimeLineId, lsn: Lsn) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriteCmd::Start { tli, lsn, reply })
+            .await
+            .map_err(|_| "WAL writer has stopped".to_string())?;
+        rx.await.map_err(|_| "WAL writer has stopped".to_string())?
+    }
+
+    /// Queues WAL; waits when the queue is full (backpressure on the upstream socket).
+    pub async fn write(&self, start: Lsn, data: Bytes) -> Result<(), String> {
+        self.tx
+            .send(WriteCmd::Wal { start, data })
+            .await
+            .map_err(|_| "WAL writer has stopped".to_string())
+    }
+}
+
+struct OpenSegment {
+    segno: u64,
+    file: File,
+    partial: bool,
+}
+
+struct Writer {
+    store: Arc<Store>,
+    seg_size: u64,
+    tli: TimeLineId,
+    /// Next byte to write; `None` until a Start, and after a failure.
+    pos: Option<Lsn>,
+    seg: Option<OpenSegment>,
+    unsynced: u64,
+    dirty: bool,
+    last_state_save: Instant,
+}
+
+/// Starts the writer thread. The store must have an identity (segment size) by then.
+pub fn spawn(store: Arc<Store>) -> (WriterHandle, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(256);
+    let handle = std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || run(store, rx))
+        .unwrap_or_else(|e| panic!("cannot spawn the WAL writer thread: {e}"));
+    (WriterHandle { tx }, handle)
+}
+
+fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
+    let durable = store.durable();
+    let mut w = Writer {
+        seg_size: store.identity().map(|i| i.seg_size).unwrap_or(16 << 20),
+        store,
+        tli: durable.timeline,
+        pos: None,
+        seg: None,
+        unsynced: 0,
+        dirty: false,
+        last_state_save: Instant::now(),
+    };
+    let span = tracing::info_span!("wal_writer");
+    let _enter = span.enter();
+    while let Some(cmd) = rx.blocking_recv() {
+        w.handle(cmd);
+        while w.unsynced < MAX_UNSYNCED {
+            match rx.try_recv() {
+                Ok(cmd) => w.handle(cmd),
+                Err(_) => break,
+            }
+        }
+        w.sync();
+    }
+    w.sync();
+    if let Err(e) = w.store.save_state() {
+        tracing::error!("could not save relay state at shutdown: {e}");
+    }
+}
+
+impl Writer {
+    fn handle(&mut self, cmd: WriteCmd) {
+        match cmd {
+            WriteCmd::Start { tli, lsn, reply } => {
+                let r = self.start(tli, lsn);
+                if let Err(e) = &r {
+                    tracing::error!("cannot start writing at {lsn} on timeline {tli}: {e}");
+                }
+                let _ = reply.send(r);
+            }
+            WriteCmd::Wal { start, data } => {
+                if let Err(e) = self.write(start, &data) {
+                    self.fail(e);
+                } else {
+                    self.store.tail_push(self.tli, start, data);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: String) {
+        tracing::error!("WAL ingest stopped: {e}");
+        self.pos = None;
+        self.seg = None;
+        self.dirty = false;
+        self.unsynced = 0;
+        self.store.set_health(WriterHealth { error: Some(e) });
+    }
+
+    fn start(&mut self, tli: TimeLineId, lsn: Lsn) -> Result<(), String> {
+        self.sync();
+        let durable = self.store.durable();
+        let same_stream = tli == durable.timeline && lsn <= durable.lsn;
+        // A new timeline (or a first start) must begin at a segment start, so that the segment
+        // file is whole from its first byte.
+        if !same_stream && lsn.segment_offset(self.seg_size) != 0 {
+            return Err(format!(
+                "stream start {lsn} on timeline {tli} is neither within the durable WAL ({} on timeline {}) nor at a segment start",
+                durable.lsn, durable.timeline
+            ));
+        }
+        if tli != self.tli {
+            self.store.tail_clear();
+        }
+        self.seg = None;
+        self.tli = tli;
+        self.pos = Some(lsn);
+        if !same_stream {
+            // Durable now means "up to lsn on tli": nothing of tli is stored past it yet.
+            self.store.publish_durable(Durable { timeline: tli, lsn });
+        }
+        self.store.set_health(WriterHealth::default());
+        Ok(())
+    }
+
+    fn write(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), String> {
+        let Some(pos) = self.pos else {
+            return Err("WAL arrived before the stream start".into());
+        };
+        if start != pos {
+            return Err(format!(
+                "WAL chunk at {start} does not continue the stream at {pos}"
+            ));
+        }
+        let mut lsn = start;
+        while !data.is_empty() {
+            let segno = lsn.segment(self.seg_size);
+            let off = lsn.segment_offset(self.seg_size);
+            let room = (self.seg_size - off) as usize;
+            let n = room.min(data.len());
+            let (now, rest) = data.split_at(n);
+            let seg = self.open_segment(segno)?;
+            seg.file
+                .write_all_at(now, off)
+                .map_err(|e| format!("could not write to WAL segment: {e}"))?;
+            self.dirty = true;
+            self.unsynced += n as u64;
+            lsn = Lsn(lsn.0 + n as u64);
+            self.pos = Some(lsn);
+            data = rest;
+            if lsn.segment_offset(self.seg_size) == 0 {
+                self.complete_segment()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_segment(&mut self, segno: u64) -> Result<&mut OpenSegment, String> {
+        if self.seg.as_ref().map(|s| s.segno) != Some(segno) {
+            self.seg = Some(self.open_file(segno)?);
+        }
+        self.seg
+            .as_mut()
+            .ok_or_else(|| "no open segment".to_string())
+    }
+
+    fn open_file(&self, segno: u64) -> Result<OpenSegment, String> {
+        let dir = self.store.wal_dir();
+        let full = dir.join(segment_file_name(self.tli, segno, self.seg_size));
+        let partial = dir.join(partial_file_name(self.tli, segno, self.seg_size));
+        let open = |p: &std::path::Path| OpenOptions::new().write(true).open(p);
+        if let Ok(file) = open(&partial) {
+            return Ok(OpenSegment {
+                segno,
+                file,
+                partial: true,
+            });
+        }
+        // Re-receiving bytes of a segment that is already complete (the state file lagged):
+        // the same bytes are written again in place.
+        if let Ok(file) = open(&full) {
+            return Ok(OpenSegment {
+                segno,
+                file,
+                partial: false,
+            });
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| format!("could not create WAL segment {}: {e}", partial.display()))?;
+        // Reserve the whole segment now, as PostgreSQL does, so a full disk shows up here and
+        // not in the middle of a segment.
+        file.set_len(self.seg_size)
+            .map_err(|e| format!("could not size WAL segment {}: {e}", partial.display()))?;
+        state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
+        Ok(OpenSegment {
+            segno,
+            file,
+            partial: true,
+        })
+    }
+
+    /// The write position just reached a segment end: fsync, rename `.partial` to its final
+    /// name, fsync the directory.
+    fn complete_segment(&mut self) -> Result<(), String> {
+        let Some(seg) = self.seg.take() else {
+            return Ok(());
+        };
+        seg.file
+            .sync_data()
+            .map_err(|e| format!("could not fsync WAL segment: {e}"))?;
+        if seg.partial {
+            let dir = self.store.wal_dir();
+            let from = dir.join(partial_file_name(self.tli, seg.segno, self.seg_size));
+            let to = dir.join(segment_file_name(self.tli, seg.segno, self.seg_size));
+            fs::rename(&from, &to)
+                .map_err(|e| format!("could not rename {}: {e}", from.display()))?;
+            state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
+        }
+        self.dirty = false;
+        self.publish();
+        // A completed segment is a natural point to record progress.
+        self.save_state();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        if let Some(pos) = self.pos {
+            self.store.publish_durable(Durable {
+                timeline: self.tli,
+                lsn: pos,
+            });
+        }
+        self.unsynced = 0;
+    }
+
+    fn save_state(&mut self) {
+        if let Err(e) = self.store.save_state() {
+            tracing::warn!("could not save relay state: {e}");
+        }
+        self.last_state_save = Instant::now();
+    }
+
+    fn sync(&mut self) {
+        if self.dirty {
+            let r = self
+                .seg
+                .as_ref()
+                .map(|s| s.file.sync_data())
+                .unwrap_or(Ok(()));
+            if let Err(e) = r {
+                self.fail(format!("could not fsync WAL segment: {e}"));
+                return;
+            }
+            self.dirty = false;
+        }
+        if self.pos.is_some() {
+            self.publish();
+        }
+        if self.last_state_save.elapsed() >= STATE_SAVE_INTERVAL {
+            self.save_state();
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! One upstream session after another: connect, identify, make sure of the slot and history
+//! files, then stream WAL into the store, following timeline switches, until an error; the
+//! supervisor reconnects with backoff and jitter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::{Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+use super::connection::{parse_next_timeline, Connection, CopyEvent, StartOutcome};
+use super::status::UpstreamState;
+use super::target::connect_any;
+use crate::config::conninfo::ConnInfo;
+use crate::downstream::Registry;
+use crate::proto::replication::{now_pg, parse_server_copy, ServerCopyMessage, StandbyStatus};
+use crate::store::writer::WriterHandle;
+use crate::store::{Identity, Store};
+use crate::wal::history::parse_history;
+use crate::wal::segment::parse_seg_size;
+use crate::wal::{Lsn, TimeLineId};
+
+/// How often a status update goes upstream when nothing else prompts one
+/// (`wal_receiver_status_interval`).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub conninfo: ConnInfo,
+    pub slot: Option<String>,
+    pub application_name: String,
+}
+
+/// Everything a session needs.
+pub struct Upstream {
+    pub cfg: UpstreamConfig,
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub registry: Arc<Registry>,
+    pub status: Arc<UpstreamState>,
+}
+
+/// Runs sessions until cancelled.
+pub async fn supervise(up: Upstream, cancel: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let span = tracing::info_span!("upstream", upstream = %up.cfg.conninfo.redacted());
+        let result = tokio::select! {
+            r = session(&up).instrument(span.clone()) => r,
+            _ = cancel.cancelled() => break,
+        };
+        up.status.update(|s| s.connected = false);
+        let _enter = span.enter();
+        match result {
+            Ok(()) => info!("upstream session ended"),
+            Err(e) => {
+                error!("upstream session failed: {e:#}");
+                up.status.update(|s| s.last_error = Some(format!("{e:#}")));
+            }
+        }
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        // Jitter spreads the reconnects of many relays after a primary failure.
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+        let wait = backoff + jitter;
+        info!("reconnecting to upstream in {:.1}s", wait.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => break,
+        }
+        up.status.update(|s| s.reconnects += 1);
+        metrics::counter!("walrelay_upstream_reconnects_total").increment(1);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn col(rows: &[Vec<Option<String>>], i: usize) -> Option<&str> {
+    rows.first()
+        .and_then(|r| r.get(i))
+        .and_then(|v| v.as_deref())
+}
+
+async fn session(up: &Upstream) -> anyhow::Result<()> {
+    let mut conn = connect_any(&up.cfg.conninfo, &up.cfg.application_name)
+        .await
+        .context("connect to upstream")?;
+    let host = conn.host().clone();
+    let server_version = conn.server_version().unwrap_or_default().to_string();
+    info!(host = %host.host, port = host.port, server_version, "connected to upstream");
+
+    let ident = conn
+        .simple_query("IDENTIFY_SYSTEM")
+        .await
+        .context("IDENTIFY_SYSTEM")?;
+    let sysid = col(&ident, 0)
+        .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM returned no system identifier"))?
+        .to_string();
+    let up_tli: TimeLineId = col(&ident, 1)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM returned no timeline"))?;
+    let up_pos: Lsn = col(&ident, 2)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("IDENTIFY_SYSTEM returned no position"))?;
+    let seg_rows = conn
+        .simple_query("SHOW wal_segment_size")
+        .await
+        .context("SHOW wal_segment_size")?;
+    let seg_size = col(&seg_rows, 0)
+        .and_then(parse_seg_size)
+        .ok_or_else(|| anyhow!("upstream reported an invalid wal_segment_size"))?;
+    up.store
+        .adopt_identity(Identity {
+            system_identifier: sysid.clone(),
+            seg_size,
+            server_version: server_version.clone(),
+        })
+        .context("refusing upstream")?;
+    up.status.update(|s| {
+        s.host = Some(host.host.clone());
+        s.port = Some(host.port);
+        s.system_identifier = Some(sysid.clone());
+        s.server_version = Some(server_version.clone());
+        s.timeline = Some(up_tli);
+        s.upstream_lsn = Some(up_pos);
+    });
+
+    if let Some(slot) = &up.cfg.slot {
+        ensure_slot(&mut conn, slot).await?;
+    }
+    fetch_histories(&mut conn, &up.store, up_tli).await?;
+
+    let durable = up.store.durable();
+    let (mut tli, mut start) = if durable.lsn.is_valid() {
+        (durable.timeline, durable.lsn)
+    } else {
+        // A new store starts at the segment holding the upstream's current position, so that
+        // its first file is whole, as pg_receivewal does.
+        (up_tli, up_pos.segment_start(seg_size))
+    };
+    loop {
+        up.writer.start(tli, start).await.map_err(|e| anyhow!(e))?;
+        let slot_clause = up
+            .cfg
+            .slot
+            .as_ref()
+            .map(|s| format!("SLOT \"{s}\" "))
+            .unwrap_or_default();
+        let cmd = format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {tli}");
+        info!(%start, timeline = tli, "starting replication from upstream");
+        let ended = match conn
+            .start_copy_both(&cmd)
+            .await
+            .with_context(|| cmd.clone())?
+        {
+            // Our timeline ends exactly at the start point: the answer is the next timeline.
+            StartOutcome::NoCopy { rows } => Some(rows),
+            StartOutcome::CopyBoth => None,
+        };
+        let rows = match ended {
+            Some(rows) => rows,
+            None => {
+                up.status.update(|s| {
+                    s.connected = true;
+                    s.connected_since = Some(SystemTime::now());
+                    s.stream_start_lsn = Some(start);
+                    s.received_lsn = Some(start);
+                    s.last_error = None;
+                });
+                up.status.update(|s| {
+                    s.connected = true;
+                    s.connected_since = Some(SystemTime::now());
+                    s.stream_start_lsn = Some(start);
+                    s.received_lsn = Some(start);
+                    s.last_error = None;
+                });
+                stream(up, &mut conn, start).await?;
+                // The upstream ended our timeline: it tells where the next one starts.
+                conn.finish_copy()
+                    .await
+                    .context("read end of timeline result")?
+            }
+        };
+        let (next, next_start) = parse_next_timeline(&rows)?;
+        if next <= tli {
+            bail!("upstream reported next timeline {next} after timeline {tli}");
+        }
+        info!(timeline = tli, next, switchpoint = %next_start, "upstream timeline ended; following");
+        fetch_histories(&mut conn, &up.store, next).await?;
+        up.status.update(|s| s.timeline = Some(next));
+        tli = next;
+        // The new timeline's copy of the switch segment starts with the old timeline's bytes;
+        // streaming it from the segment start keeps the file whole.
+        start = next_start.segment_start(seg_size);
+    }
+}
+
+/// Creates the upstream slot if missing (reserving WAL now, so nothing the relay needs is
+/// removed while it streams).
+async fn ensure_slot(conn: &mut Connection, slot: &str) -> anyhow::Result<()> {
+    let cmd = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL");
+    match conn.simple_query(&cmd).await {
+        Ok(_) => {
+            info!(slot, "created replication slot on upstream");
+            Ok(())
+        }
+        Err(e) if e.sqlstate() == Some("42710") => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("create replication slot \"{slot}\""))),
+    }
+}
+
+/// Fetches the history files of `tli`'s lineage that the store lacks.
+async fn fetch_histories(
+    conn: &mut Connection,
+    store: &Store,
+    tli: TimeLineId,
+) -> anyhow::Result<()> {
+    if tli <= 1 {
+        return Ok(());
+    }
+    let content = match store.history(tli) {
+        Some(c) => c,
+        None => {
+            let rows = conn
+                .simple_query(&format!("TIMELINE_HISTORY {tli}"))
+                .await
+                .with_context(|| format!("TIMELINE_HISTORY {tli}"))?;
+            let content = Bytes::from(col(&rows, 1).unwrap_or_default().to_string());
+            parse_history(&content)
+                .with_context(|| format!("history file of timeline {tli} from upstream"))?;
+            store.save_history(tli, content.clone())?;
+            content
+        }
+    };
+    for entry in parse_history(&content)? {
+        if entry.tli > 1 && store.history(entry.tli).is_none() {
+            match conn
+                .simple_query(&format!("TIMELINE_HISTORY {}", entry.tli))
+                .await
+            {
+                Ok(rows) => {
+                    let c = Bytes::from(col(&rows, 1).unwrap_or_default().to_string());
+                    store.save_history(entry.tli, c)?;
+                }
+                Err(e) => warn!(
+                    "could not fetch history of ancestor timeline {}: {e}",
+                    entry.tli
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams until the upstream ends the timeline (Ok) or something fails (Err).
+async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Result<()> {
+    let mut received = start;
+    let mut durable_rx = up.store.subscribe();
+    let mut health_rx = up.store.health();
+    let mut last_status = Instant::now();
+    let mut last_reported_flush = Lsn(0);
+    send_status(up, conn, received, false).await?;
+    loop {
+        let next_status = last_status + STATUS_INTERVAL;
+        tokio::select! {
+            ev = conn.recv_copy() => {
+                match ev? {
+                    CopyEvent::Data(payload) => match parse_server_copy(&payload)? {
+                        ServerCopyMessage::XLogData(x) => {
+                            if x.start != received {
+                                bail!("upstream sent WAL at {} but the stream is at {received}", x.start);
+                            }
+                            let n = x.data.len() as u64;
+                            let data = payload.slice(crate::proto::replication::XLOG_DATA_HEADER_LEN..);
+                            up.writer.write(x.start, data).await.map_err(|e| anyhow!(e))?;
+                            received = Lsn(received.0 + n);
+                            metrics::counter!("walrelay_wal_received_bytes_total").increment(n);
+                            let wal_end = x.wal_end;
+                            up.status.update(|s| {
+                                s.received_lsn = Some(received);
+                                s.upstream_lsn = Some(wal_end.max(received));
+                                s.last_message_at = Some(SystemTime::now());
+                            });
+                        }
+                        ServerCopyMessage::Keepalive(k) => {
+                            up.status.update(|s| {
+                                s.upstream_lsn = Some(k.wal_end);
+                                s.last_message_at = Some(SystemTime::now());
+                            });
+                            if k.reply_requested {
+                                send_status(up, conn, received, false).await?;
+                                last_status = Instant::now();
+                            }
+                        }
+                    },
+                    CopyEvent::Done => return Ok(()),
+                    CopyEvent::CommandComplete(tag) => bail!("upstream ended the stream ({tag}): server shutting down"),
+                }
+            }
+            r = durable_rx.changed() => {
+                r.map_err(|_| anyhow!("store closed"))?;
+                // Every fsync batch is reported at once: the upstream's slot and any
+                // synchronous_commit waiters depend on it.
+                let flush = durable_rx.borrow_and_update().lsn;
+                if flush > last_reported_flush {
+                    last_reported_flush = flush;
+                    send_status(up, conn, received, false).await?;
+                    last_status = Instant::now();
+                }
+            }
+            r = health_rx.changed() => {
+                r.map_err(|_| anyhow!("store closed"))?;
+                if let Some(e) = health_rx.borrow_and_update().error.clone() {
+                    bail!("WAL ingest stopped: {e}");
+                }
+            }
+            _ = tokio::time::sleep_until(next_status.into()) => {
+                send_status(up, conn, received, false).await?;
+                last_status = Instant::now();
+            }
+        }
+    }
+}
+
+/// `r`: write = received, flush = durable, apply = the slowest replica's replay (or flush when
+/// no replica reports replay).
+async fn send_status(
+    up: &Upstream,
+    conn: &mut Connection,
+    received: Lsn,
+    reply_requested: bool,
+) -> anyhow::Result<()> {
+    let flush = up.store.durable().lsn.min(received);
+    let apply = up
+        .registry
+        .min_replay()
+        .map(|r| r.min(flush))
+        .unwrap_or(flush);
+    let mut payload = BytesMut::with_capacity(34);
+    StandbyStatus {
+        write: received,
+        flush,
+        apply,
+        client_time: now_pg(),
+        reply_requested,
+    }
+    .encode_payload(&mut payload);
+    conn.send_copy_data(&payload).await?;
+    Ok(())
+}
