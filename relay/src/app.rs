@@ -19,6 +19,7 @@ use tracing::info;
 use crate::config::RelayConfig;
 use crate::downstream::{self, Registry};
 use crate::http::{self, HttpState};
+use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
 
@@ -78,6 +79,8 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
+    tracker.spawn(retention_task(store.clone(), cfg.retention, cancel.clone()));
+
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     wait_for_signal().await;
     info!("shutting down");
@@ -87,8 +90,26 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     tracker.wait().await;
     // All writer handles are gone with the upstream task: the writer syncs and exits.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    store.slots().save_dirty();
     info!(flushed = %store.durable().lsn, "stopped");
     Ok(())
+}
+
+/// Removes WAL no slot and no `wal_keep_size` needs, every few seconds.
+async fn retention_task(store: Arc<Store>, cfg: RetentionConfig, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || retention::apply(&s, cfg)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("WAL retention failed: {e}"),
+            Err(e) => tracing::warn!("WAL retention task failed: {e}"),
+        }
+    }
 }
 
 fn describe_metrics() {

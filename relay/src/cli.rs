@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, env = "WALRELAY_CONFIG")]
@@ -54,6 +54,16 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub failover_standby: Vec<String>,
+    /// WAL kept behind the newest, whatever the slots (PostgreSQL units) [default: 1GB].
+    #[arg(long, env = "WALRELAY_WAL_KEEP_SIZE")]
+    pub wal_keep_size: Option<String>,
+    /// Most WAL a relay-side slot may hold back; -1 = unlimited [default: -1].
+    #[arg(
+        long,
+        env = "WALRELAY_MAX_SLOT_WAL_KEEP_SIZE",
+        allow_hyphen_values = true
+    )]
+    pub max_slot_wal_keep_size: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
                 http: args.http,
                 data_dir: args.data_dir,
                 failover_standby: args.failover_standby,
+                wal_keep_size: args.wal_keep_size,
+                max_slot_wal_keep_size: args.max_slot_wal_keep_size,
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,

@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::store::retention::RetentionConfig;
 use conninfo::ConnInfo;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:9433";
 pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
+/// Unlike PostgreSQL (0), a relay keeps some WAL by default: buffering for replicas that
+/// reconnect is its job.
+pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
 
 /// The config file (`--config`). Every key is optional; unknown keys are errors, so a typo
 /// never silently falls back to a default.
@@ -32,6 +36,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub failover_standby: Vec<String>,
     pub log_format: Option<String>,
+    /// PostgreSQL-style size (`1GB`, `512MB`; a bare number is megabytes).
+    pub wal_keep_size: Option<String>,
+    /// PostgreSQL-style size, or `-1` for unlimited.
+    pub max_slot_wal_keep_size: Option<String>,
 }
 
 impl FileConfig {
@@ -51,6 +59,8 @@ pub struct Overrides {
     pub http: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub failover_standby: Vec<String>,
+    pub wal_keep_size: Option<String>,
+    pub max_slot_wal_keep_size: Option<String>,
 }
 
 /// The relay's configuration, merged and validated.
@@ -64,6 +74,7 @@ pub struct RelayConfig {
     pub failover_standbys: Vec<String>,
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
+    pub retention: RetentionConfig,
 }
 
 impl RelayConfig {
@@ -101,6 +112,18 @@ impl RelayConfig {
             .application_name
             .clone()
             .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.into());
+        let wal_keep_size = match over.wal_keep_size.or(file.wal_keep_size) {
+            Some(k) => parse_size(&k)
+                .with_context(|| format!("invalid wal_keep_size \"{k}\""))?
+                .unwrap_or(0),
+            None => DEFAULT_WAL_KEEP_SIZE,
+        };
+        let max_slot_wal_keep_size =
+            match over.max_slot_wal_keep_size.or(file.max_slot_wal_keep_size) {
+                Some(m) => parse_size(&m)
+                    .with_context(|| format!("invalid max_slot_wal_keep_size \"{m}\""))?,
+                None => None,
+            };
         Ok(RelayConfig {
             upstream,
             slot,
@@ -109,8 +132,36 @@ impl RelayConfig {
             data_dir,
             failover_standbys,
             application_name,
+            retention: RetentionConfig {
+                wal_keep_size,
+                max_slot_wal_keep_size,
+            },
         })
     }
+}
+
+/// Parses a PostgreSQL size setting: `-1` (none), a bare number (megabytes, as for
+/// `wal_keep_size`), or a number with `kB`, `MB`, `GB`, `TB`.
+pub fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
+    let t = s.trim();
+    if t == "-1" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("\"{s}\" is not a size"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "MB" => 1 << 20,
+        "kB" => 1 << 10,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        other => {
+            bail!("invalid unit \"{other}\": valid units are \"kB\", \"MB\", \"GB\", and \"TB\"")
+        }
+    };
+    n.checked_mul(mult).map(Some).context("size out of range")
 }
 
 fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -163,6 +214,10 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("upstrem = \"x\"").is_err());
         assert!(validate_slot_name("Bad-Name").is_err());
         assert!(validate_slot_name("walrelay_eu1").is_ok());
+        assert_eq!(parse_size("1GB").unwrap(), Some(1 << 30));
+        assert_eq!(parse_size("64").unwrap(), Some(64 << 20));
+        assert_eq!(parse_size("-1").unwrap(), None);
+        assert!(parse_size("1 parsec").is_err());
         let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
         assert!(no_upstream.is_err());
     }

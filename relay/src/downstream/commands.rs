@@ -100,25 +100,47 @@ pub async fn execute(
             ))
             .await?)
         }
-        Command::ReadReplicationSlot(_) => {
-            // No slots on the relay yet: "does not exist" is a row of NULLs, not an error.
+        Command::ReadReplicationSlot(name) => {
+            let slot = ctx.store.slots().get(&name);
+            let restart = slot.as_ref().and_then(|s| s.restart_lsn).map(|l| l.to_string());
+            let tli = slot.as_ref().and_then(|s| s.restart_lsn.and(s.restart_tli)).map(|t| t.to_string());
+            // An unknown slot is a row of NULLs, not an error.
             backend::single_row(
                 out,
                 &[Column::text("slot_type"), Column::text("restart_lsn"), Column::int8("restart_tli")],
-                &[None, None, None],
+                &[
+                    slot.as_ref().map(|_| &b"physical"[..]),
+                    restart.as_deref().map(str::as_bytes),
+                    tli.as_deref().map(str::as_bytes),
+                ],
                 "READ_REPLICATION_SLOT",
             );
         }
-        Command::DropSlot { name, .. } => {
-            return Ok(conn.send_error(&slot_missing(&name)).await?);
-        }
-        Command::CreatePhysicalSlot { .. } => {
-            return Ok(conn
-                .send_error(&PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "replication slots on the relay are not supported yet",
-                ))
-                .await?)
+        Command::DropSlot { name, .. } => match ctx.store.slots().drop_slot(&name, client.pid) {
+            Ok(()) => backend::command_complete(out, "DROP_REPLICATION_SLOT"),
+            Err(e) => return Ok(conn.send_error(&e).await?),
+        },
+        Command::CreatePhysicalSlot { name, temporary, reserve_wal } => {
+            let d = ctx.store.durable();
+            let reserve = reserve_wal.then_some((d.lsn, d.timeline));
+            match ctx.store.slots().create(&name, temporary, reserve, client.pid) {
+                Ok(()) => {
+                    tracing::info!(slot = %name, temporary, reserve_wal, "created replication slot");
+                    // consistent_point is 0/0 for physical slots, even with RESERVE_WAL.
+                    backend::single_row(
+                        out,
+                        &[
+                            Column::text("slot_name"),
+                            Column::text("consistent_point"),
+                            Column::text("snapshot_name"),
+                            Column::text("output_plugin"),
+                        ],
+                        &[Some(name.as_bytes()), Some(b"0/0"), None, None],
+                        "CREATE_REPLICATION_SLOT",
+                    );
+                }
+                Err(e) => return Ok(conn.send_error(&e).await?),
+            }
         }
         Command::CreateLogicalSlot { .. } | Command::StartLogicalReplication { .. } => {
             return Ok(conn
@@ -128,11 +150,8 @@ pub async fn execute(
                 ))
                 .await?)
         }
-        Command::StartReplication { slot: Some(slot), .. } => {
-            return Ok(conn.send_error(&slot_missing(&slot)).await?);
-        }
-        Command::StartReplication { slot: None, start, timeline } => {
-            return walsender::start_replication(ctx, conn, client, start, timeline).await;
+        Command::StartReplication { slot, start, timeline } => {
+            return walsender::start_replication(ctx, conn, client, slot, start, timeline).await;
         }
         Command::BaseBackup => {
             return Ok(conn
@@ -154,13 +173,6 @@ pub async fn execute(
     backend::ready_for_query(&mut conn.out);
     conn.flush().await?;
     Ok(())
-}
-
-fn slot_missing(name: &str) -> PgError {
-    PgError::error(
-        sqlstate::UNDEFINED_OBJECT,
-        format!("replication slot \"{name}\" does not exist"),
-    )
 }
 
 /// The values a walsender's `SHOW` gives that clients use, as a hot standby reports them:

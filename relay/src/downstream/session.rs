@@ -96,7 +96,10 @@ pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
             wr,
             out: BytesMut::with_capacity(8192),
         };
-        match session(&ctx, &mut conn, pid, peer).await {
+        let result = session(&ctx, &mut conn, pid, peer).await;
+        // Temporary slots end with the session that created them.
+        ctx.store.slots().drop_temporary_of(pid);
+        match result {
             Ok(()) | Err(SessionEnd::ClientGone) => info!("downstream disconnected"),
             Err(SessionEnd::Fatal(e)) => {
                 info!("ending downstream connection: {e}");

@@ -83,9 +83,22 @@ pub async fn start_replication(
     ctx: &Arc<Context>,
     conn: &mut Conn,
     client: &Client,
+    slot: Option<String>,
     start: Lsn,
     timeline: Option<TimeLineId>,
 ) -> Result<(), SessionEnd> {
+    // The slot is acquired before anything else; its errors come before CopyBothResponse.
+    let slot = match slot {
+        Some(name) => match ctx.store.slots().acquire(&name, client.pid) {
+            Ok(_) => Some(SlotUse {
+                slots: ctx.store.slots().clone(),
+                name,
+                pid: client.pid,
+            }),
+            Err(e) => return Ok(conn.send_error(&e).await?),
+        },
+        None => None,
+    };
     let durable = ctx.store.durable();
     let tli = timeline.unwrap_or(durable.timeline);
     let historic = match historic_end(ctx, tli, durable.timeline) {
@@ -139,7 +152,7 @@ pub async fn start_replication(
         connected_at: SystemTime::now(),
         state: WalSndState::Catchup,
         timeline: Some(tli),
-        slot_name: None,
+        slot_name: slot.as_ref().map(|s| s.name.clone()),
         sent: start,
         write: Lsn(0),
         flush: Lsn(0),
@@ -168,6 +181,7 @@ pub async fn start_replication(
         last_heard: Instant::now(),
         durable_at: Instant::now(),
         ping_sent: false,
+        slot,
     };
     let result = s.stream(conn).await;
     reader_task.abort();
@@ -192,6 +206,20 @@ struct Sender {
     last_heard: Instant,
     durable_at: Instant,
     ping_sent: bool,
+    slot: Option<SlotUse>,
+}
+
+/// A slot in use by this walsender; released when the stream ends, however it ends.
+struct SlotUse {
+    slots: Arc<crate::store::slots::Slots>,
+    name: String,
+    pid: i32,
+}
+
+impl Drop for SlotUse {
+    fn drop(&mut self) {
+        self.slots.release(&self.name, self.pid);
+    }
 }
 
 /// The file a position of `tli` is read from: the segment holding a timeline's switch point is
@@ -377,6 +405,9 @@ impl Sender {
         match ev {
             ClientEvent::Message(ClientCopyMessage::Status(s)) => {
                 self.guard.on_reply(s.write, s.flush, s.apply);
+                if let Some(slot) = &self.slot {
+                    slot.slots.confirm_flush(&slot.name, s.flush, self.tli);
+                }
                 if s.reply_requested {
                     self.keepalive(conn, false).await?;
                 }

@@ -11,6 +11,8 @@
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
 pub mod reader;
+pub mod retention;
+pub mod slots;
 pub mod state;
 pub mod tail;
 pub mod writer;
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::wal::segment::{history_file_name, parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
+use slots::Slots;
 use state::RelayState;
 use tail::Tail;
 
@@ -81,6 +84,7 @@ pub struct Store {
     health_tx: watch::Sender<WriterHealth>,
     histories: RwLock<BTreeMap<TimeLineId, Bytes>>,
     tail: Mutex<Tail>,
+    slots: Arc<Slots>,
     _lock: fs::File,
 }
 
@@ -143,6 +147,7 @@ impl Store {
                 }
             }
         }
+        let slots = Slots::load(data_dir).map_err(io_err("load replication slots"))?;
         let (durable_tx, _) = watch::channel(durable);
         let (health_tx, _) = watch::channel(WriterHealth::default());
         Ok(Arc::new(Store {
@@ -153,8 +158,13 @@ impl Store {
             health_tx,
             histories: RwLock::new(histories),
             tail: Mutex::new(Tail::default()),
+            slots,
             _lock: lock,
         }))
+    }
+
+    pub fn slots(&self) -> &Arc<Slots> {
+        &self.slots
     }
 
     pub fn wal_dir(&self) -> &Path {
@@ -280,25 +290,5 @@ impl Store {
     /// Recent WAL from memory, if still there.
     pub fn tail_read(&self, tli: TimeLineId, lsn: Lsn, max: usize) -> Option<Bytes> {
         self.tail.lock().ok().and_then(|t| t.read(tli, lsn, max))
-    }
-
-    /// The oldest segment start the store holds for `tli`, if any (for error messages and
-    /// retention).
-    pub fn segment_count(&self) -> usize {
-        let Some(id) = self.identity() else { return 0 };
-        fs::read_dir(&self.wal_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| {
-                        matches!(
-                            e.file_name()
-                                .to_str()
-                                .and_then(|n| parse_wal_file_name(n, id.seg_size)),
-                            Some(WalFileName::Segment { .. })
-                        )
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
     }
 }

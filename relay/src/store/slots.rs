@@ -1,0 +1,419 @@
+//! Replication slots on the relay: persistent and temporary physical slots that downstreams
+//! create (`CREATE_REPLICATION_SLOT`), use (`START_REPLICATION SLOT`, `primary_slot_name`) and
+//! drop. A slot holds WAL on the relay's disk from its `restart_lsn`, which moves forward with
+//! the flush position its user reports.
+//!
+//! Persistent slots live in `<data-dir>/slots/<name>.json`, written atomically (temp, fsync,
+//! rename, fsync dir). Temporary slots live in memory and die with their session.
+//! Errors carry PostgreSQL's SQLSTATEs and words (slot.c).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::state::fsync_dir;
+use crate::proto::error::{sqlstate, PgError};
+use crate::wal::{Lsn, TimeLineId};
+
+/// How often an advancing slot's position is written to disk while it is in use; a crash
+/// loses at most this much progress, which only means WAL is kept a little longer.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotData {
+    pub name: String,
+    /// Where the slot's user needs WAL from; `None` until reserved.
+    pub restart_lsn: Option<Lsn>,
+    pub restart_tli: Option<TimeLineId>,
+    /// Why the slot was invalidated (`wal_removed`), if it was.
+    pub invalidated: Option<String>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    data: SlotData,
+    temporary: bool,
+    active_pid: Option<i32>,
+    /// For temporary slots: the session that owns it.
+    owner_pid: Option<i32>,
+    dirty: bool,
+    last_saved: Instant,
+}
+
+/// A slot as reported (`pg_replication_slots`-like).
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub slot_name: String,
+    pub temporary: bool,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<Lsn>,
+    pub invalidation_reason: Option<String>,
+}
+
+pub struct Slots {
+    dir: PathBuf,
+    inner: Mutex<BTreeMap<String, Slot>>,
+}
+
+/// PostgreSQL's ReplicationSlotValidateName, as an ErrorResponse.
+pub fn validate_name(name: &str) -> Result<(), PgError> {
+    if name.is_empty() {
+        return Err(PgError::error(
+            sqlstate::INVALID_NAME,
+            format!("replication slot name \"{name}\" is too short"),
+        ));
+    }
+    if name.len() > 63 {
+        return Err(PgError::error(
+            sqlstate::INVALID_NAME,
+            format!("replication slot name \"{name}\" is too long"),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(PgError::error(
+            sqlstate::INVALID_NAME,
+            format!("replication slot name \"{name}\" contains invalid character"),
+        )
+        .with_hint("Replication slot names may only contain lower case letters, numbers, and the underscore character."));
+    }
+    Ok(())
+}
+
+fn does_not_exist(name: &str) -> PgError {
+    PgError::error(
+        sqlstate::UNDEFINED_OBJECT,
+        format!("replication slot \"{name}\" does not exist"),
+    )
+}
+
+fn active_for(name: &str, pid: i32) -> PgError {
+    PgError::error(
+        sqlstate::OBJECT_IN_USE,
+        format!("replication slot \"{name}\" is active for PID {pid}"),
+    )
+}
+
+impl Slots {
+    /// Loads the persistent slots of `data_dir/slots`.
+    pub fn load(data_dir: &Path) -> std::io::Result<Arc<Slots>> {
+        let dir = data_dir.join("slots");
+        fs::create_dir_all(&dir)?;
+        let mut map = BTreeMap::new();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let parsed = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SlotData>(&b).ok())
+                .filter(|d| validate_name(&d.name).is_ok());
+            match parsed {
+                Some(data) => {
+                    map.insert(
+                        data.name.clone(),
+                        Slot {
+                            data,
+                            temporary: false,
+                            active_pid: None,
+                            owner_pid: None,
+                            dirty: false,
+                            last_saved: Instant::now(),
+                        },
+                    );
+                }
+                None => tracing::warn!("ignoring unreadable slot file {}", path.display()),
+            }
+        }
+        Ok(Arc::new(Slots {
+            dir,
+            inner: Mutex::new(map),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save(&self, data: &SlotData) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{}.json.tmp", data.name));
+        let body = serde_json::to_vec_pretty(data).map_err(std::io::Error::other)?;
+        {
+            let f = fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut &f, &body)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(format!("{}.json", data.name)))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL]`.
+    pub fn create(
+        &self,
+        name: &str,
+        temporary: bool,
+        reserve_at: Option<(Lsn, TimeLineId)>,
+        owner_pid: i32,
+    ) -> Result<(), PgError> {
+        validate_name(name)?;
+        let mut map = self.lock();
+        if map.contains_key(name) {
+            return Err(PgError::error(
+                sqlstate::DUPLICATE_OBJECT,
+                format!("replication slot \"{name}\" already exists"),
+            ));
+        }
+        let data = SlotData {
+            name: name.to_string(),
+            restart_lsn: reserve_at.map(|r| r.0),
+            restart_tli: reserve_at.map(|r| r.1),
+            invalidated: None,
+        };
+        if !temporary {
+            self.save(&data).map_err(|e| {
+                PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    format!("could not create replication slot \"{name}\": {e}"),
+                )
+            })?;
+        }
+        map.insert(
+            name.to_string(),
+            Slot {
+                data,
+                temporary,
+                // PostgreSQL leaves a temporary slot acquired by its creator.
+                active_pid: temporary.then_some(owner_pid),
+                owner_pid: temporary.then_some(owner_pid),
+                dirty: false,
+                last_saved: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// `DROP_REPLICATION_SLOT name`.
+    pub fn drop_slot(&self, name: &str, by_pid: i32) -> Result<(), PgError> {
+        let mut map = self.lock();
+        let slot = map.get(name).ok_or_else(|| does_not_exist(name))?;
+        if let Some(pid) = slot.active_pid.filter(|p| *p != by_pid) {
+            return Err(active_for(name, pid));
+        }
+        let temporary = slot.temporary;
+        map.remove(name);
+        drop(map);
+        if !temporary {
+            let _ = fs::remove_file(self.dir.join(format!("{name}.json")));
+            let _ = fsync_dir(&self.dir);
+        }
+        Ok(())
+    }
+
+    /// Marks a slot in use by `pid` (START_REPLICATION SLOT).
+    pub fn acquire(&self, name: &str, pid: i32) -> Result<SlotData, PgError> {
+        let mut map = self.lock();
+        let slot = map.get_mut(name).ok_or_else(|| does_not_exist(name))?;
+        if let Some(other) = slot.active_pid.filter(|p| *p != pid) {
+            return Err(active_for(name, other));
+        }
+        if let Some(reason) = &slot.data.invalidated {
+            return Err(PgError::error(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("can no longer access replication slot \"{name}\""),
+            )
+            .with_detail(format!(
+                "This replication slot has been invalidated due to \"{reason}\"."
+            )));
+        }
+        slot.active_pid = Some(pid);
+        Ok(slot.data.clone())
+    }
+
+    /// Ends `pid`'s use of a slot, saving its position.
+    pub fn release(&self, name: &str, pid: i32) {
+        let mut map = self.lock();
+        if let Some(slot) = map.get_mut(name) {
+            if slot.active_pid == Some(pid) && slot.owner_pid != Some(pid) {
+                slot.active_pid = None;
+            }
+            if slot.dirty && !slot.temporary {
+                if let Err(e) = self.save(&slot.data) {
+                    tracing::warn!("could not save replication slot \"{name}\": {e}");
+                }
+                slot.dirty = false;
+            }
+        }
+    }
+
+    /// Drops the temporary slots `pid` created (its session ended).
+    pub fn drop_temporary_of(&self, pid: i32) {
+        self.lock().retain(|_, s| s.owner_pid != Some(pid));
+    }
+
+    /// The slot's user confirmed it flushed up to `flush` (PhysicalConfirmReceivedLocation:
+    /// only a valid position moves the slot, and only forward).
+    pub fn confirm_flush(&self, name: &str, flush: Lsn, tli: TimeLineId) {
+        if !flush.is_valid() {
+            return;
+        }
+        let mut map = self.lock();
+        let Some(slot) = map.get_mut(name) else {
+            return;
+        };
+        if slot.data.invalidated.is_some() || slot.data.restart_lsn.is_some_and(|r| r >= flush) {
+            return;
+        }
+        slot.data.restart_lsn = Some(flush);
+        slot.data.restart_tli = Some(tli);
+        slot.dirty = true;
+        if !slot.temporary && slot.last_saved.elapsed() >= SAVE_INTERVAL {
+            if let Err(e) = self.save(&slot.data) {
+                tracing::warn!("could not save replication slot \"{name}\": {e}");
+            }
+            slot.dirty = false;
+            slot.last_saved = Instant::now();
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<SlotData> {
+        self.lock().get(name).map(|s| s.data.clone())
+    }
+
+    pub fn list(&self) -> Vec<SlotInfo> {
+        self.lock()
+            .values()
+            .map(|s| SlotInfo {
+                slot_name: s.data.name.clone(),
+                temporary: s.temporary,
+                active_pid: s.active_pid,
+                restart_lsn: s.data.restart_lsn,
+                invalidation_reason: s.data.invalidated.clone(),
+            })
+            .collect()
+    }
+
+    /// The oldest position any valid slot needs.
+    pub fn min_restart_lsn(&self) -> Option<Lsn> {
+        self.lock()
+            .values()
+            .filter(|s| s.data.invalidated.is_none())
+            .filter_map(|s| s.data.restart_lsn)
+            .min()
+    }
+
+    /// Invalidates slots whose restart_lsn is below `cutoff` (max_slot_wal_keep_size).
+    pub fn invalidate_before(&self, cutoff: Lsn) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut map = self.lock();
+        for s in map.values_mut() {
+            if s.data.invalidated.is_none() && s.data.restart_lsn.is_some_and(|r| r < cutoff) {
+                tracing::warn!(
+                    slot = %s.data.name,
+                    restart_lsn = %s.data.restart_lsn.unwrap_or_default(),
+                    "invalidating replication slot because its restart_lsn exceeds max_slot_wal_keep_size"
+                );
+                s.data.invalidated = Some("wal_removed".into());
+                s.data.restart_lsn = None;
+                if !s.temporary {
+                    if let Err(e) = self.save(&s.data) {
+                        tracing::warn!("could not save replication slot \"{}\": {e}", s.data.name);
+                    }
+                }
+                out.push(s.data.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Writes every changed persistent slot (at shutdown and from the retention task).
+    pub fn save_dirty(&self) {
+        let mut map = self.lock();
+        for s in map.values_mut().filter(|s| s.dirty && !s.temporary) {
+            if let Err(e) = self.save(&s.data) {
+                tracing::warn!("could not save replication slot \"{}\": {e}", s.data.name);
+            } else {
+                s.dirty = false;
+                s.last_saved = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let slots = Slots::load(d.path()).unwrap();
+        slots
+            .create("s1", false, Some((Lsn(0x3000000), 1)), 10)
+            .unwrap();
+        let dup = slots.create("s1", false, None, 10).unwrap_err();
+        assert_eq!(dup.code, "42710");
+        assert_eq!(
+            slots.create("Bad-Name", false, None, 10).unwrap_err().code,
+            "42602"
+        );
+        slots.acquire("s1", 11).unwrap();
+        assert_eq!(
+            slots.acquire("s1", 12).unwrap_err().message,
+            "replication slot \"s1\" is active for PID 11"
+        );
+        assert_eq!(slots.drop_slot("s1", 12).unwrap_err().code, "55006");
+        slots.confirm_flush("s1", Lsn(0x3100000), 1);
+        slots.confirm_flush("s1", Lsn(0), 1);
+        slots.release("s1", 11);
+        // Persisted with its advanced position.
+        let again = Slots::load(d.path()).unwrap();
+        assert_eq!(again.get("s1").unwrap().restart_lsn, Some(Lsn(0x3100000)));
+        assert_eq!(again.min_restart_lsn(), Some(Lsn(0x3100000)));
+        assert_eq!(again.drop_slot("nope", 1).unwrap_err().code, "42704");
+        again.drop_slot("s1", 1).unwrap();
+        assert!(Slots::load(d.path()).unwrap().get("s1").is_none());
+    }
+
+    #[test]
+    fn temporary_slots_die_with_their_session() {
+        let d = tempfile::tempdir().unwrap();
+        let slots = Slots::load(d.path()).unwrap();
+        slots
+            .create("pg_walreceiver_7", true, Some((Lsn(0x1000000), 1)), 7)
+            .unwrap();
+        assert!(slots.acquire("pg_walreceiver_7", 7).is_ok());
+        assert_eq!(
+            slots.acquire("pg_walreceiver_7", 8).unwrap_err().code,
+            "55006"
+        );
+        slots.drop_temporary_of(7);
+        assert!(slots.get("pg_walreceiver_7").is_none());
+        assert!(Slots::load(d.path()).unwrap().list().is_empty());
+    }
+
+    #[test]
+    fn invalidation() {
+        let d = tempfile::tempdir().unwrap();
+        let slots = Slots::load(d.path()).unwrap();
+        slots
+            .create("old", false, Some((Lsn(0x1000000), 1)), 1)
+            .unwrap();
+        slots
+            .create("new", false, Some((Lsn(0x9000000), 1)), 1)
+            .unwrap();
+        assert_eq!(
+            slots.invalidate_before(Lsn(0x5000000)),
+            vec!["old".to_string()]
+        );
+        let e = slots.acquire("old", 3).unwrap_err();
+        assert_eq!(e.code, "55000");
+        assert_eq!(slots.min_restart_lsn(), Some(Lsn(0x9000000)));
+    }
+}
