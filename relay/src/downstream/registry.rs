@@ -165,11 +165,93 @@ impl Registry {
             .min()
     }
 
+    /// The oldest xmin and catalog_xmin any downstream asks to keep (hot_standby_feedback),
+    /// compared with their epochs; zero where nobody asks. What a cascading standby forwards.
+    pub fn min_feedback(&self) -> HotStandbyFeedback {
+        let Ok(m) = self.inner.lock() else {
+            return HotStandbyFeedback::default();
+        };
+        let full = |xid: u32, epoch: u32| ((epoch as u64) << 32) | xid as u64;
+        let mut xmin: Option<u64> = None;
+        let mut catalog: Option<u64> = None;
+        for f in m.values().filter_map(|d| d.hs_feedback) {
+            if f.xmin != 0 {
+                let x = full(f.xmin, f.xmin_epoch);
+                xmin = Some(xmin.map_or(x, |c| c.min(x)));
+            }
+            if f.catalog_xmin != 0 {
+                let x = full(f.catalog_xmin, f.catalog_xmin_epoch);
+                catalog = Some(catalog.map_or(x, |c| c.min(x)));
+            }
+        }
+        let split = |v: Option<u64>| v.map(|v| (v as u32, (v >> 32) as u32)).unwrap_or((0, 0));
+        let (xmin, xmin_epoch) = split(xmin);
+        let (catalog_xmin, catalog_xmin_epoch) = split(catalog);
+        HotStandbyFeedback {
+            client_time: 0,
+            xmin,
+            xmin_epoch,
+            catalog_xmin,
+            catalog_xmin_epoch,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(pid: i32, replay: u64, fb: Option<(u32, u32)>) -> Downstream {
+        Downstream {
+            pid,
+            application_name: format!("s{pid}"),
+            user: "u".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            connected_at: SystemTime::now(),
+            state: WalSndState::Streaming,
+            timeline: Some(1),
+            slot_name: None,
+            sent: Lsn(0),
+            write: Lsn(0),
+            flush: Lsn(0),
+            replay: Lsn(replay),
+            reply_time: None,
+            bytes_sent: 0,
+            hs_feedback: fb.map(|(xmin, epoch)| HotStandbyFeedback {
+                client_time: 0,
+                xmin,
+                xmin_epoch: epoch,
+                catalog_xmin: 0,
+                catalog_xmin_epoch: 0,
+            }),
+            lag: LagTracker::default(),
+        }
+    }
+
+    #[test]
+    fn aggregates_replay_and_feedback() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(entry(1, 0x500, Some((700, 1))));
+        // pg_receivewal-like: replay 0/0, no feedback; must not drag anything down.
+        let _b = r.register(entry(2, 0, None));
+        let c = r.register(entry(3, 0x300, Some((4_000_000_000, 0))));
+        assert_eq!(r.min_replay(), Some(Lsn(0x300)));
+        // Epoch 0 with a big xid is older than epoch 1 with a small one.
+        let f = r.min_feedback();
+        assert_eq!((f.xmin, f.xmin_epoch), (4_000_000_000, 0));
+        drop(c);
+        assert_eq!(r.min_replay(), Some(Lsn(0x500)));
+        assert_eq!(r.min_feedback().xmin, 700);
+        drop(a);
+        assert_eq!(r.min_replay(), None);
+        assert_eq!(r.min_feedback(), HotStandbyFeedback::default());
     }
 }

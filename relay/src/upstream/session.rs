@@ -15,7 +15,9 @@ use super::status::UpstreamState;
 use super::target::connect_any;
 use crate::config::conninfo::ConnInfo;
 use crate::downstream::Registry;
-use crate::proto::replication::{now_pg, parse_server_copy, ServerCopyMessage, StandbyStatus};
+use crate::proto::replication::{
+    now_pg, parse_server_copy, HotStandbyFeedback, ServerCopyMessage, StandbyStatus,
+};
 use crate::store::writer::WriterHandle;
 use crate::store::{Identity, Store};
 use crate::wal::history::parse_history;
@@ -25,6 +27,9 @@ use crate::wal::{Lsn, TimeLineId};
 /// How often a status update goes upstream when nothing else prompts one
 /// (`wal_receiver_status_interval`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the aggregated hot-standby feedback of the downstreams is checked and, when it
+/// changed, forwarded upstream.
+const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -264,6 +269,10 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
     let mut health_rx = up.store.health();
     let mut last_status = Instant::now();
     let mut last_reported_flush = Lsn(0);
+    let mut feedback_tick = tokio::time::interval(FEEDBACK_INTERVAL);
+    // The first feedback message clears whatever a previous session left on the upstream.
+    let mut last_feedback: Option<HotStandbyFeedback> = None;
+    let mut last_feedback_at = Instant::now();
     send_status(up, conn, received, false).await?;
     loop {
         let next_status = last_status + STATUS_INTERVAL;
@@ -317,6 +326,16 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
                 r.map_err(|_| anyhow!("store closed"))?;
                 if let Some(e) = health_rx.borrow_and_update().error.clone() {
                     bail!("WAL ingest stopped: {e}");
+                }
+            }
+            _ = feedback_tick.tick() => {
+                let f = up.registry.min_feedback();
+                if last_feedback != Some(f) || last_feedback_at.elapsed() >= STATUS_INTERVAL {
+                    let mut payload = BytesMut::with_capacity(25);
+                    HotStandbyFeedback { client_time: now_pg(), ..f }.encode_payload(&mut payload);
+                    conn.send_copy_data(&payload).await?;
+                    last_feedback = Some(f);
+                    last_feedback_at = Instant::now();
                 }
             }
             _ = tokio::time::sleep_until(next_status.into()) => {
