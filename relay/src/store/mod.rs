@@ -259,6 +259,62 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/` (whole segments past
+    /// `at` are moved; the segment holding `at` is copied there and zeroed from `at` on in
+    /// place). Only the writer calls this. Returns the bytes of WAL moved aside.
+    pub(crate) fn move_diverged(&self, tli: TimeLineId, at: Lsn) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let Some(id) = self.identity() else { return Ok(0) };
+        let seg_size = id.seg_size;
+        let diverged = self.data_dir.join("diverged");
+        fs::create_dir_all(&diverged)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let durable = self.durable();
+        let end = if durable.timeline == tli { durable.lsn } else { Lsn(u64::MAX) };
+        let mut moved = 0u64;
+        for entry in fs::read_dir(&self.wal_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(WalFileName::Segment { tli: t, segno, .. }) = parse_wal_file_name(name, seg_size) else {
+                continue;
+            };
+            if t != tli {
+                continue;
+            }
+            let seg_start = Lsn(segno * seg_size);
+            let seg_end = Lsn(seg_start.0 + seg_size);
+            if seg_end <= at {
+                continue;
+            }
+            let target = diverged.join(format!("{name}.{stamp}"));
+            if seg_start >= at {
+                fs::rename(entry.path(), &target)?;
+                moved += end.0.min(seg_end.0).saturating_sub(seg_start.0);
+            } else {
+                // The fork is inside this segment: keep a copy of it whole, then zero the
+                // diverged bytes in place so they can never be served.
+                fs::copy(entry.path(), &target)?;
+                let f = fs::OpenOptions::new().write(true).open(entry.path())?;
+                let off = at.segment_offset(seg_size);
+                let zeros = vec![0u8; (seg_size - off) as usize];
+                f.write_all_at(&zeros, off)?;
+                f.sync_all()?;
+                if !name.ends_with(".partial") {
+                    let partial = self.wal_dir.join(format!("{name}.partial"));
+                    fs::rename(entry.path(), partial)?;
+                }
+                moved += end.0.min(seg_end.0).saturating_sub(at.0);
+            }
+        }
+        state::fsync_dir(&self.wal_dir)?;
+        state::fsync_dir(&diverged)?;
+        Ok(moved)
+    }
+
     pub(crate) fn publish_durable(&self, d: Durable) {
         self.durable_tx.send_if_modified(|cur| {
             let changed = *cur != d;

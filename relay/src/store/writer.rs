@@ -32,6 +32,9 @@ pub enum WriteCmd {
     },
     /// WAL bytes at `start`, continuing the previous command.
     Wal { start: Lsn, data: Bytes },
+    /// The upstream's history forked from `tli` at `at`: move the relay's WAL of `tli` past
+    /// `at` into `diverged/`, so it is never served. Answers the number of bytes moved aside.
+    Diverge { tli: TimeLineId, at: Lsn, reply: oneshot::Sender<Result<u64, String>> },
 }
 
 /// The sending side, held by the upstream session.
@@ -45,6 +48,16 @@ impl WriterHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteCmd::Start { tli, lsn, reply })
+            .await
+            .map_err(|_| "WAL writer has stopped".to_string())?;
+        rx.await.map_err(|_| "WAL writer has stopped".to_string())?
+    }
+
+    /// Moves WAL of `tli` past `at` aside (see [`WriteCmd::Diverge`]).
+    pub async fn diverge(&self, tli: TimeLineId, at: Lsn) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriteCmd::Diverge { tli, at, reply })
             .await
             .map_err(|_| "WAL writer has stopped".to_string())?;
         rx.await.map_err(|_| "WAL writer has stopped".to_string())?
@@ -127,6 +140,13 @@ impl Writer {
                 }
                 let _ = reply.send(r);
             }
+            WriteCmd::Diverge { tli, at, reply } => {
+                let r = self.diverge(tli, at);
+                if let Err(e) = &r {
+                    tracing::error!("cannot move diverged WAL of timeline {tli} past {at} aside: {e}");
+                }
+                let _ = reply.send(r);
+            }
             WriteCmd::Wal { start, data } => {
                 if let Err(e) = self.write(start, &data) {
                     self.fail(e);
@@ -170,6 +190,20 @@ impl Writer {
         }
         self.store.set_health(WriterHealth::default());
         Ok(())
+    }
+
+    fn diverge(&mut self, tli: TimeLineId, at: Lsn) -> Result<u64, String> {
+        self.sync();
+        self.seg = None;
+        self.pos = None;
+        self.store.tail_clear();
+        let moved = self.store.move_diverged(tli, at).map_err(|e| e.to_string())?;
+        let durable = self.store.durable();
+        if durable.timeline == tli && durable.lsn > at {
+            self.store.publish_durable(Durable { timeline: tli, lsn: at });
+        }
+        self.save_state();
+        Ok(moved)
     }
 
     fn write(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), String> {

@@ -92,7 +92,8 @@ fn col(rows: &[Vec<Option<String>>], i: usize) -> Option<&str> {
 }
 
 async fn session(up: &Upstream) -> anyhow::Result<()> {
-    let mut conn = connect_any(&up.cfg.conninfo, &up.cfg.application_name)
+    let expected = up.store.identity().map(|i| i.system_identifier);
+    let mut conn = connect_any(&up.cfg.conninfo, &up.cfg.application_name, expected.as_deref())
         .await
         .context("connect to upstream")?;
     let host = conn.host().clone();

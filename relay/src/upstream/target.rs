@@ -18,11 +18,14 @@ use super::connection::{connect, Connection};
 use super::error::UpstreamError;
 use crate::config::conninfo::{ConnInfo, TargetSessionAttrs};
 
-/// Connects to the first host of `ci` that accepts the connection and fits
-/// `ci.target_session_attrs`. Configuration errors are returned at once.
+/// Connects to the first host of `ci` that accepts the connection, fits
+/// `ci.target_session_attrs` and, when `expected_sysid` is given, belongs to that cluster (a
+/// server of another cluster is refused loudly and the next host is tried). Configuration
+/// errors are returned at once.
 pub async fn connect_any(
     ci: &ConnInfo,
     application_name: &str,
+    expected_sysid: Option<&str>,
 ) -> Result<Connection, UpstreamError> {
     let want = ci.target_session_attrs;
     let mut failures = Vec::new();
@@ -36,7 +39,11 @@ pub async fn connect_any(
                 continue;
             }
         };
-        match check(&mut conn, want).await {
+        let verdict = match check(&mut conn, want).await {
+            Ok(None) => check_system(&mut conn, expected_sysid).await,
+            other => other.map(|r| r.map(String::from)),
+        };
+        match verdict {
             Ok(None) => {
                 if let Some(f) = fallback.take() {
                     f.terminate().await;
@@ -61,6 +68,28 @@ pub async fn connect_any(
         Some(conn) => Ok(conn),
         None => Err(UpstreamError::NoSuitableHost(failures)),
     }
+}
+
+/// Refuses a server whose system identifier is not the one the relay's store holds WAL for.
+async fn check_system(
+    conn: &mut Connection,
+    expected: Option<&str>,
+) -> Result<Option<String>, UpstreamError> {
+    let Some(expected) = expected else { return Ok(None) };
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let got = rows.first().and_then(|r| r.first()).cloned().flatten().unwrap_or_default();
+    if got == expected {
+        return Ok(None);
+    }
+    tracing::error!(
+        host = %conn.host(),
+        system_identifier = %got,
+        expected = %expected,
+        "refusing upstream server: it belongs to a different cluster"
+    );
+    Ok(Some(format!(
+        "database system identifier differs: server has {got}, the relay holds WAL of {expected}"
+    )))
 }
 
 /// `Ok(None)` when the server fits, `Ok(Some(reason))` (libpq's words) when it does not.
