@@ -649,16 +649,4 @@ impl Connection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_timeline_row() {
-        let rows = vec![vec![Some("2".to_string()), Some("0/304AC00".to_string())]];
-        assert_eq!(parse_next_timeline(&rows).unwrap(), (2, Lsn(0x304AC00)));
-        assert!(parse_next_timeline(&vec![]).is_err());
-        assert!(parse_next_timeline(&vec![vec![Some("2".into())]]).is_err());
-        assert!(parse_next_timeline(&vec![vec![None, Some("0/1".into())]]).is_err());
-        assert!(parse_next_timeline(&vec![vec![Some("x".into()), Some("0/1".into())]]).is_err());
-    }
-}
+mod tests;
