@@ -96,6 +96,17 @@ pub struct Connection {
     state: State,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.host.to_string())
+            .field("addr", &self.addr)
+            .field("tls", &self.is_tls())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
 /// How to treat TLS for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encryption {
