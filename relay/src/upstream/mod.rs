@@ -1,8 +1,8 @@
 //! The relay's client side toward its upstream (the primary, a standby, or another relay): one
 //! physical replication connection at a time, chosen from the conninfo's host list.
 //!
-//! Layers, bottom up: `wire` (bytes and framing over TCP/TLS), `message` (backend message
-//! decoding), [`tls`] (rustls setup by sslmode, channel-binding hash), `auth` (startup
+//! Layers, bottom up: [`wire`] (bytes and framing over TCP/TLS), [`message`] (backend message
+//! decoding), [`tls`] (rustls setup by sslmode, channel-binding hash), [`auth`] (startup
 //! authentication), [`connection`] (the [`Connection`] API: queries and the CopyBoth stream),
 //! [`target`] (host choice by `target_session_attrs`). What to stream and when to reconnect is
 //! decided above this module.
