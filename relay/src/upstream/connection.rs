@@ -96,6 +96,17 @@ pub struct Connection {
     state: State,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.host.to_string())
+            .field("addr", &self.addr)
+            .field("tls", &self.is_tls())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
 /// How to treat TLS for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encryption {
@@ -649,16 +660,4 @@ impl Connection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_timeline_row() {
-        let rows = vec![vec![Some("2".to_string()), Some("0/304AC00".to_string())]];
-        assert_eq!(parse_next_timeline(&rows).unwrap(), (2, Lsn(0x304AC00)));
-        assert!(parse_next_timeline(&vec![]).is_err());
-        assert!(parse_next_timeline(&vec![vec![Some("2".into())]]).is_err());
-        assert!(parse_next_timeline(&vec![vec![None, Some("0/1".into())]]).is_err());
-        assert!(parse_next_timeline(&vec![vec![Some("x".into()), Some("0/1".into())]]).is_err());
-    }
-}
+mod tests;
