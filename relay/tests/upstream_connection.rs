@@ -590,7 +590,7 @@ async fn multi_host_and_target(pg: &Pg) -> Result<()> {
         ),
         |_| None,
     )?;
-    let c = connect_any(&ci, "").await?;
+    let c = connect_any(&ci, "", None).await?;
     ensure!(c.host().port == pg.port);
     c.terminate().await;
     for attrs in ["read-write", "primary", "any", "prefer-standby"] {
@@ -598,7 +598,7 @@ async fn multi_host_and_target(pg: &Pg) -> Result<()> {
             "host=127.0.0.1,localhost port={dead},{} user=trust_user target_session_attrs={attrs}",
             pg.port
         );
-        let c = connect_any(&ConnInfo::parse_with_env(&s, |_| None)?, "")
+        let c = connect_any(&ConnInfo::parse_with_env(&s, |_| None)?, "", None)
             .await
             .with_context(|| s.clone())?;
         ensure!(c.host().host == "localhost", "{attrs}");
@@ -609,7 +609,7 @@ async fn multi_host_and_target(pg: &Pg) -> Result<()> {
             "host=127.0.0.1,127.0.0.1 port={dead},{} user=trust_user target_session_attrs={attrs}",
             pg.port
         );
-        match connect_any(&ConnInfo::parse_with_env(&s, |_| None)?, "").await {
+        match connect_any(&ConnInfo::parse_with_env(&s, |_| None)?, "", None).await {
             Err(UpstreamError::NoSuitableHost(reasons)) => {
                 ensure!(reasons.len() == 2, "{reasons:?}");
                 ensure!(reasons[0].contains("Connection refused"), "{reasons:?}");

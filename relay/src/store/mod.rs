@@ -264,7 +264,9 @@ impl Store {
     /// place). Only the writer calls this. Returns the bytes of WAL moved aside.
     pub(crate) fn move_diverged(&self, tli: TimeLineId, at: Lsn) -> std::io::Result<u64> {
         use std::os::unix::fs::FileExt;
-        let Some(id) = self.identity() else { return Ok(0) };
+        let Some(id) = self.identity() else {
+            return Ok(0);
+        };
         let seg_size = id.seg_size;
         let diverged = self.data_dir.join("diverged");
         fs::create_dir_all(&diverged)?;
@@ -273,13 +275,19 @@ impl Store {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let durable = self.durable();
-        let end = if durable.timeline == tli { durable.lsn } else { Lsn(u64::MAX) };
+        let end = if durable.timeline == tli {
+            durable.lsn
+        } else {
+            Lsn(u64::MAX)
+        };
         let mut moved = 0u64;
         for entry in fs::read_dir(&self.wal_dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(WalFileName::Segment { tli: t, segno, .. }) = parse_wal_file_name(name, seg_size) else {
+            let Some(WalFileName::Segment { tli: t, segno, .. }) =
+                parse_wal_file_name(name, seg_size)
+            else {
                 continue;
             };
             if t != tli {

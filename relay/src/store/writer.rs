@@ -34,7 +34,11 @@ pub enum WriteCmd {
     Wal { start: Lsn, data: Bytes },
     /// The upstream's history forked from `tli` at `at`: move the relay's WAL of `tli` past
     /// `at` into `diverged/`, so it is never served. Answers the number of bytes moved aside.
-    Diverge { tli: TimeLineId, at: Lsn, reply: oneshot::Sender<Result<u64, String>> },
+    Diverge {
+        tli: TimeLineId,
+        at: Lsn,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 /// The sending side, held by the upstream session.
@@ -143,7 +147,9 @@ impl Writer {
             WriteCmd::Diverge { tli, at, reply } => {
                 let r = self.diverge(tli, at);
                 if let Err(e) = &r {
-                    tracing::error!("cannot move diverged WAL of timeline {tli} past {at} aside: {e}");
+                    tracing::error!(
+                        "cannot move diverged WAL of timeline {tli} past {at} aside: {e}"
+                    );
                 }
                 let _ = reply.send(r);
             }
@@ -197,10 +203,16 @@ impl Writer {
         self.seg = None;
         self.pos = None;
         self.store.tail_clear();
-        let moved = self.store.move_diverged(tli, at).map_err(|e| e.to_string())?;
+        let moved = self
+            .store
+            .move_diverged(tli, at)
+            .map_err(|e| e.to_string())?;
         let durable = self.store.durable();
         if durable.timeline == tli && durable.lsn > at {
-            self.store.publish_durable(Durable { timeline: tli, lsn: at });
+            self.store.publish_durable(Durable {
+                timeline: tli,
+                lsn: at,
+            });
         }
         self.save_state();
         Ok(moved)

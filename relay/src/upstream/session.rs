@@ -93,9 +93,13 @@ fn col(rows: &[Vec<Option<String>>], i: usize) -> Option<&str> {
 
 async fn session(up: &Upstream) -> anyhow::Result<()> {
     let expected = up.store.identity().map(|i| i.system_identifier);
-    let mut conn = connect_any(&up.cfg.conninfo, &up.cfg.application_name, expected.as_deref())
-        .await
-        .context("connect to upstream")?;
+    let mut conn = connect_any(
+        &up.cfg.conninfo,
+        &up.cfg.application_name,
+        expected.as_deref(),
+    )
+    .await
+    .context("connect to upstream")?;
     let host = conn.host().clone();
     let server_version = conn.server_version().unwrap_or_default().to_string();
     info!(host = %host.host, port = host.port, server_version, "connected to upstream");

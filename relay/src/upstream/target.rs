@@ -75,9 +75,16 @@ async fn check_system(
     conn: &mut Connection,
     expected: Option<&str>,
 ) -> Result<Option<String>, UpstreamError> {
-    let Some(expected) = expected else { return Ok(None) };
+    let Some(expected) = expected else {
+        return Ok(None);
+    };
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
-    let got = rows.first().and_then(|r| r.first()).cloned().flatten().unwrap_or_default();
+    let got = rows
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
     if got == expected {
         return Ok(None);
     }
