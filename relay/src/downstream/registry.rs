@@ -74,9 +74,23 @@ pub struct DownstreamSnapshot {
     pub replay_lag: Option<f64>,
 }
 
+/// A downstream that received WAL past a fork point (it must be rebuilt).
+#[derive(Debug, Clone)]
+pub struct DivergedDownstream {
+    pub application_name: String,
+    pub client_addr: SocketAddr,
+    pub sent: Lsn,
+    pub fork: Lsn,
+    pub at: SystemTime,
+}
+
+/// How many diverged downstreams are remembered for `/status`.
+const DIVERGED_KEPT: usize = 100;
+
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<BTreeMap<i32, Downstream>>,
+    diverged: Mutex<Vec<DivergedDownstream>>,
 }
 
 /// Removes its entry when dropped.
@@ -194,6 +208,32 @@ impl Registry {
             catalog_xmin,
             catalog_xmin_epoch,
         }
+    }
+
+    /// Records that the session behind `guard` got WAL past the fork at `fork`.
+    pub fn note_diverged(&self, guard: &RegistryGuard, fork: Lsn) {
+        let entry = self.inner.lock().ok().and_then(|m| {
+            m.get(&guard.pid).map(|d| DivergedDownstream {
+                application_name: d.application_name.clone(),
+                client_addr: d.client_addr,
+                sent: d.sent,
+                fork,
+                at: SystemTime::now(),
+            })
+        });
+        if let (Some(e), Ok(mut v)) = (entry, self.diverged.lock()) {
+            v.retain(|o| {
+                o.application_name != e.application_name || o.client_addr.ip() != e.client_addr.ip()
+            });
+            v.push(e);
+            if v.len() > DIVERGED_KEPT {
+                v.remove(0);
+            }
+        }
+    }
+
+    pub fn diverged(&self) -> Vec<DivergedDownstream> {
+        self.diverged.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {

@@ -273,9 +273,15 @@ impl Sender {
                 }
             }
             let end = match self.historic {
+                // The segment holding the switch point is read from the next timeline's file;
+                // while the relay is still filling that file, only its durable part is served.
+                Some(h) if durable.timeline == h.next_tli => h.switchpoint.min(durable.lsn),
                 Some(h) => h.switchpoint,
                 None => durable.lsn,
             };
+            if let Some(h) = self.historic.filter(|h| self.sent > h.switchpoint) {
+                return Err(self.diverged(h));
+            }
             if self.sent < end {
                 self.send_chunk(conn, end).await?;
                 keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
@@ -286,7 +292,7 @@ impl Sender {
                 }
                 continue;
             }
-            if let Some(h) = self.historic {
+            if let Some(h) = self.historic.filter(|h| self.sent >= h.switchpoint) {
                 return self.end_timeline(conn, h).await;
             }
             self.guard.update(|d| d.state = WalSndState::Streaming);
@@ -318,6 +324,30 @@ impl Sender {
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
             }
         }
+    }
+
+    /// This downstream already received WAL past the point where the new primary's history
+    /// forked: it cannot follow the new timeline without a rebuild. Say so plainly, count it.
+    fn diverged(&self, h: Historic) -> SessionEnd {
+        let sent = self.sent;
+        tracing::error!(
+            timeline = self.tli,
+            fork = %h.switchpoint,
+            sent = %sent,
+            "downstream received WAL past the fork point of the new timeline; it must be rebuilt"
+        );
+        self.ctx.registry.note_diverged(&self.guard, h.switchpoint);
+        metrics::counter!("walrelay_downstream_divergences_total").increment(1);
+        SessionEnd::Fatal(
+            PgError::fatal(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "this standby received WAL up to {sent} on timeline {}, past the point {} where the new primary's timeline {} forked",
+                    self.tli, h.switchpoint, h.next_tli
+                ),
+            )
+            .with_hint("Rebuild this standby from the new primary with pg_rewind or a new base backup."),
+        )
     }
 
     async fn send_chunk(&mut self, conn: &mut Conn, end: Lsn) -> Result<(), SessionEnd> {

@@ -9,6 +9,16 @@ use crate::wal::{Lsn, TimeLineId};
 pub struct Status {
     pub upstream: UpstreamJson,
     pub downstreams: Vec<DownstreamJson>,
+    /// Downstreams that received WAL past a fork point and must be rebuilt.
+    pub diverged_downstreams: Vec<DivergedJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DivergedJson {
+    pub application_name: String,
+    pub client_addr: String,
+    pub sent_lsn: Lsn,
+    pub fork_lsn: Lsn,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,8 +120,20 @@ pub fn build(s: &HttpState) -> Status {
                 .unwrap_or(0.0),
         })
         .collect();
+    let diverged_downstreams = s
+        .registry
+        .diverged()
+        .into_iter()
+        .map(|d| DivergedJson {
+            application_name: d.application_name,
+            client_addr: d.client_addr.ip().to_string(),
+            sent_lsn: d.sent,
+            fork_lsn: d.fork,
+        })
+        .collect();
     Status {
         upstream,
         downstreams,
+        diverged_downstreams,
     }
 }

@@ -20,7 +20,7 @@ use crate::proto::replication::{
 };
 use crate::store::writer::WriterHandle;
 use crate::store::{Identity, Store};
-use crate::wal::history::parse_history;
+use crate::wal::history::{parse_history, switch_point};
 use crate::wal::segment::parse_seg_size;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -145,6 +145,7 @@ async fn session(up: &Upstream) -> anyhow::Result<()> {
     }
     fetch_histories(&mut conn, &up.store, up_tli).await?;
 
+    reconcile_timelines(up, up_tli).await?;
     let durable = up.store.durable();
     let (mut tli, mut start) = if durable.lsn.is_valid() {
         (durable.timeline, durable.lsn)
@@ -208,6 +209,52 @@ async fn session(up: &Upstream) -> anyhow::Result<()> {
         // streaming it from the segment start keeps the file whole.
         start = next_start.segment_start(seg_size);
     }
+}
+
+/// The upstream is on a later timeline than the relay's WAL (a failover happened while the
+/// relay was away or on another server): check where the relay's timeline ends in the
+/// upstream's history, and move any WAL the relay holds past that fork point aside. Such WAL
+/// was never part of the new primary's history and must never be served.
+async fn reconcile_timelines(up: &Upstream, up_tli: TimeLineId) -> anyhow::Result<()> {
+    let durable = up.store.durable();
+    if !durable.lsn.is_valid() || durable.timeline == up_tli {
+        return Ok(());
+    }
+    if durable.timeline > up_tli {
+        bail!(
+            "upstream is on timeline {up_tli}, behind the relay's timeline {}; waiting for a server that has it",
+            durable.timeline
+        );
+    }
+    let history = up
+        .store
+        .history(up_tli)
+        .map(|h| parse_history(&h))
+        .transpose()?
+        .unwrap_or_default();
+    let Some((Some(fork), _next)) = switch_point(durable.timeline, up_tli, &history) else {
+        bail!(
+            "the relay's timeline {} is not in the history of the upstream's timeline {up_tli}",
+            durable.timeline
+        );
+    };
+    if durable.lsn > fork {
+        let moved = up
+            .writer
+            .diverge(durable.timeline, fork)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        metrics::counter!("walrelay_diverged_wal_bytes_total").increment(moved);
+        metrics::counter!("walrelay_divergences_total").increment(1);
+        warn!(
+            timeline = durable.timeline,
+            fork = %fork,
+            relay_end = %durable.lsn,
+            moved_bytes = moved,
+            "the relay held WAL past the new primary's fork point; moved it to diverged/ (it will never be served)"
+        );
+    }
+    Ok(())
 }
 
 /// Creates the upstream slot if missing (reserving WAL now, so nothing the relay needs is
