@@ -18,6 +18,7 @@ use tracing::info;
 
 use crate::config::RelayConfig;
 use crate::downstream::{self, Registry};
+use crate::failover::{FailoverStatus, FailoverWatcher, ServeLimit};
 use crate::http::{self, HttpState};
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
@@ -62,10 +63,28 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         },
         cancel.clone(),
     ));
+    let (limit_tx, limit_rx) = tokio::sync::watch::channel(ServeLimit::Unlimited);
+    let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
+    if !cfg.failover_standbys.is_empty() {
+        info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
+        tracker.spawn(
+            FailoverWatcher {
+                conninfo: cfg.upstream.clone(),
+                names: cfg.failover_standbys.clone(),
+                application_name: format!("{} failover watcher", cfg.application_name),
+                store: store.clone(),
+                upstream: upstream_state.clone(),
+                limit_tx,
+                status: failover_status.clone(),
+            }
+            .run(cancel.clone()),
+        );
+    }
     let ctx = Arc::new(downstream::Context::new(
         store.clone(),
         registry.clone(),
         cancel.clone(),
+        limit_rx,
     ));
     tracker.spawn(downstream::serve(listener, ctx, tracker.clone()));
     tracker.spawn(http::serve(
@@ -75,6 +94,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
             registry,
             upstream: upstream_state,
             prometheus,
+            failover: (!cfg.failover_standbys.is_empty()).then_some(failover_status),
         }),
         cancel.clone(),
     ));

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod failover;
 pub mod http;
 pub mod lag;
 pub mod proto;

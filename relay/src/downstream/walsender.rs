@@ -99,7 +99,7 @@ pub async fn start_replication(
         },
         None => None,
     };
-    let durable = ctx.store.durable();
+    let durable = ctx.servable();
     let tli = timeline.unwrap_or(durable.timeline);
     let historic = match historic_end(ctx, tli, durable.timeline) {
         Ok(h) => h,
@@ -262,9 +262,15 @@ impl Sender {
     /// the connection ends.
     async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
         let mut durable_rx = self.ctx.store.subscribe();
+        let mut limit_rx = self.ctx.serve_limit.clone();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
-            let durable = *durable_rx.borrow_and_update();
+            let stored = *durable_rx.borrow_and_update();
+            let limit = *limit_rx.borrow_and_update();
+            let durable = crate::store::Durable {
+                timeline: stored.timeline,
+                lsn: limit.apply(stored.timeline, stored.lsn),
+            };
             if self.historic.is_none() && durable.timeline != self.tli {
                 // The relay moved to a new timeline under us: ours is historic now.
                 match historic_end(&self.ctx, self.tli, durable.timeline) {
@@ -304,6 +310,11 @@ impl Sender {
                         return Err(SessionEnd::Shutdown);
                     }
                     self.durable_at = Instant::now();
+                }
+                r = limit_rx.changed() => {
+                    if r.is_err() {
+                        return Err(SessionEnd::Shutdown);
+                    }
                 }
                 ev = self.ev_rx.recv() => {
                     let ev = ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone));

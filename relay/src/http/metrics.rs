@@ -77,6 +77,25 @@ pub fn render(s: &HttpState) -> String {
             .unwrap_or(0),
     );
 
+    if let Some(f) = s.failover_status() {
+        header(
+            &mut out,
+            "walrelay_failover_holding",
+            "1 while a missing --failover-standby holds WAL back.",
+        );
+        sample(&mut out, "walrelay_failover_holding", f.holding as u8);
+        header(
+            &mut out,
+            "walrelay_failover_limit_lag_bytes",
+            "Durable WAL not yet served because the failover standbys have not confirmed it.",
+        );
+        let held = f
+            .limit_lsn
+            .map(|l| durable.lsn.saturating_sub(l))
+            .unwrap_or(0);
+        sample(&mut out, "walrelay_failover_limit_lag_bytes", held);
+    }
+
     let downstreams = s.registry.snapshot();
     header(
         &mut out,

@@ -25,6 +25,16 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     pub upstream: Arc<UpstreamState>,
     pub prometheus: PrometheusHandle,
+    /// Present when `--failover-standby` is set.
+    pub failover: Option<Arc<std::sync::Mutex<crate::failover::FailoverStatus>>>,
+}
+
+impl HttpState {
+    pub fn failover_status(&self) -> Option<crate::failover::FailoverStatus> {
+        self.failover
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, cancel: CancellationToken) {

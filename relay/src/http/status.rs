@@ -11,6 +11,8 @@ pub struct Status {
     pub downstreams: Vec<DownstreamJson>,
     /// Downstreams that received WAL past a fork point and must be rebuilt.
     pub diverged_downstreams: Vec<DivergedJson>,
+    /// `--failover-standby` state (null when not configured).
+    pub failover: Option<crate::failover::FailoverStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,5 +137,6 @@ pub fn build(s: &HttpState) -> Status {
         upstream,
         downstreams,
         diverged_downstreams,
+        failover: s.failover_status(),
     }
 }

@@ -107,6 +107,16 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// What kind of session to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A physical replication (walsender) connection.
+    Replication,
+    /// A normal SQL connection to the conninfo's `dbname` (default `postgres`), used to read
+    /// `pg_stat_replication` on the primary.
+    Sql,
+}
+
 /// How to treat TLS for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encryption {
@@ -124,6 +134,16 @@ pub async fn connect(
     host_index: usize,
     application_name: &str,
 ) -> Result<Connection, UpstreamError> {
+    connect_kind(ci, host_index, application_name, SessionKind::Replication).await
+}
+
+/// Like [`connect`], for either kind of session.
+pub async fn connect_kind(
+    ci: &ConnInfo,
+    host_index: usize,
+    application_name: &str,
+    kind: SessionKind,
+) -> Result<Connection, UpstreamError> {
     let host = ci
         .hosts
         .get(host_index)
@@ -131,7 +151,7 @@ pub async fn connect(
     let addrs = with_timeout(ci.connect_timeout, &host.to_string(), resolve(host)).await?;
     let mut last = None;
     for addr in addrs {
-        let attempt = connect_addr(ci, host, addr, application_name);
+        let attempt = connect_addr(ci, host, addr, application_name, kind);
         match with_timeout(ci.connect_timeout, &describe(host, addr), attempt).await {
             Ok(c) => return Ok(c),
             Err(e) if !e.is_transient() => return Err(e),
@@ -190,25 +210,27 @@ async fn connect_addr(
     host: &HostPort,
     addr: SocketAddr,
     app: &str,
+    kind: SessionKind,
 ) -> Result<Connection, UpstreamError> {
+    let attempt = |enc| attempt(ci, host, addr, app, enc, kind);
     match ci.sslmode {
-        SslMode::Disable => attempt(ci, host, addr, app, Encryption::Plain).await,
-        SslMode::Allow => match attempt(ci, host, addr, app, Encryption::Plain).await {
+        SslMode::Disable => attempt(Encryption::Plain).await,
+        SslMode::Allow => match attempt(Encryption::Plain).await {
             Err(UpstreamError::Server(e)) => {
                 tracing::debug!(error = %e, "plaintext refused; retrying with SSL (sslmode=allow)");
-                attempt(ci, host, addr, app, Encryption::IfOffered).await
+                attempt(Encryption::IfOffered).await
             }
             other => other,
         },
-        SslMode::Prefer => match attempt(ci, host, addr, app, Encryption::IfOffered).await {
+        SslMode::Prefer => match attempt(Encryption::IfOffered).await {
             Err(UpstreamError::Tls(e)) => {
                 tracing::debug!(error = %e, "SSL failed; retrying without SSL (sslmode=prefer)");
-                attempt(ci, host, addr, app, Encryption::Plain).await
+                attempt(Encryption::Plain).await
             }
             other => other,
         },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            attempt(ci, host, addr, app, Encryption::Required).await
+            attempt(Encryption::Required).await
         }
     }
 }
@@ -244,6 +266,7 @@ async fn attempt(
     addr: SocketAddr,
     app: &str,
     enc: Encryption,
+    kind: SessionKind,
 ) -> Result<Connection, UpstreamError> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| {
         UpstreamError::io(
@@ -255,11 +278,17 @@ async fn attempt(
     let (stream, binding) = negotiate_tls(tcp, ci, host, enc).await?;
     let mut wire = Wire::new(stream);
 
-    let mut params: Vec<(&str, &str)> = vec![
-        ("user", &ci.user),
-        ("database", "replication"),
-        ("replication", "true"),
-    ];
+    let mut params: Vec<(&str, &str)> = match kind {
+        SessionKind::Replication => vec![
+            ("user", &ci.user),
+            ("database", "replication"),
+            ("replication", "true"),
+        ],
+        SessionKind::Sql => vec![
+            ("user", &ci.user),
+            ("database", ci.dbname.as_deref().unwrap_or("postgres")),
+        ],
+    };
     if let Some(name) = ci.effective_application_name(app) {
         params.push(("application_name", name));
     }
