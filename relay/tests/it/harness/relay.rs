@@ -29,8 +29,11 @@ impl Relay {
     /// Spawns `walrelay run` against `upstream` (a libpq conninfo) with slot `slot`. Does not
     /// wait; see [`Relay::wait_ready`].
     pub fn start(upstream: &str, slot: &str) -> Relay {
+        let dir = TestDir::new("relay");
+        // Made beforehand, as an operator's unit (systemd StateDirectory=) would.
+        std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
         let mut relay = Relay {
-            dir: TestDir::new("relay"),
+            dir,
             upstream: upstream.to_string(),
             slot: slot.to_string(),
             listen_port: os::free_port(),
