@@ -275,8 +275,8 @@ pub fn free_port() -> u16 {
         next.get_or_insert_with(|| (std::process::id() as u16 % span.max(1), HashSet::new()));
     if span >= 1000 {
         for _ in 0..span {
-            let port = low + *cursor % span;
-            *cursor = cursor.wrapping_add(1) % span;
+            let port = low + *cursor;
+            *cursor = (*cursor + 1) % span;
             if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 given.insert(port);
                 return port;

@@ -174,10 +174,11 @@ impl PgCluster {
         let log = self.log_path();
         let log = log.to_string_lossy();
         let timeout = WAIT.as_secs().to_string();
+        // Set first: a start that fails or times out may still have left a server to stop.
+        self.running = true;
         if let Err(e) = self.pg_ctl(&["-l", &log, "-w", "-t", &timeout, "start"], WAIT * 2) {
             panic!("{}: {e}", self.name);
         }
-        self.running = true;
     }
 
     /// Clean shutdown (`pg_ctl stop -m fast`).
@@ -205,17 +206,19 @@ impl PgCluster {
 
     /// Crash: SIGKILL the postmaster and all its children at once, and wait until they are gone.
     pub fn kill9(&mut self) {
-        let pm = self
-            .postmaster_pid()
-            .unwrap_or_else(|| panic!("{}: no postmaster.pid to kill", self.name));
+        if let Err(e) = self.kill_all() {
+            panic!("{}: {e}", self.name);
+        }
+    }
+
+    fn kill_all(&mut self) -> Result<(), String> {
+        let pm = self.postmaster_pid().ok_or("no postmaster.pid to kill")?;
         let mut pids = os::children_of(pm);
         pids.push(pm);
         os::signal(&pids, "KILL");
-        assert!(
-            os::wait_gone(&pids, WAIT),
-            "{}: processes {pids:?} survived SIGKILL",
-            self.name
-        );
+        if !os::wait_gone(&pids, WAIT) {
+            return Err(format!("processes {pids:?} survived SIGKILL"));
+        }
         // The postmaster's parent is pid 1, which may be slow to reap it (or never do so in a
         // container). A zombie still "exists" for the next start's lock-file checks
         // (kill(pid, 0)), so the dead server's lock files are stale: remove them.
@@ -225,6 +228,7 @@ impl PgCluster {
             let _ = std::fs::remove_file(self.dir.path().join(socket_lock));
         }
         self.running = false;
+        Ok(())
     }
 
     /// Runs `sql` with psql against the TCP port; Ok(output) or Err(psql's stderr).
@@ -255,21 +259,6 @@ impl PgCluster {
     pub fn wait_for_value(&self, what: &str, sql: &str, expected: &str) {
         self.wait_for(what, sql, |out| out == expected);
     }
-
-    fn stop_on_drop(&mut self) {
-        if self
-            .pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"], WAIT)
-            .is_err()
-        {
-            if let Some(pm) = self.postmaster_pid() {
-                let mut pids = os::children_of(pm);
-                pids.push(pm);
-                os::signal(&pids, "KILL");
-                os::wait_gone(&pids, WAIT);
-            }
-        }
-        self.running = false;
-    }
 }
 
 impl Drop for PgCluster {
@@ -282,8 +271,12 @@ impl Drop for PgCluster {
                 self.log_tail()
             );
         }
-        if self.running {
-            self.stop_on_drop();
+        if self.running
+            && self
+                .pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"], WAIT)
+                .is_err()
+        {
+            let _ = self.kill_all();
         }
     }
 }
