@@ -1,0 +1,79 @@
+//! Several downstreams share the relay's one upstream connection, and one of them coming and
+//! going disturbs none of the others.
+
+use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
+
+const RELAY_SLOT_RESTART_LSN: &str =
+    "select restart_lsn from pg_replication_slots where slot_name = 'relay'";
+
+#[test]
+fn many_downstreams_one_upstream() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    let standby_a = PgCluster::basebackup_standby(&primary, "standby_a", relay.port());
+    let mut standby_b = PgCluster::basebackup_standby(&primary, "standby_b", relay.port());
+    let mut receiver = ReceiveWal::start(relay.port());
+    receiver.wait_streaming();
+
+    workload::insert_rows(&primary, 1..=500);
+    workload::wait_rows(&primary, &standby_a);
+    workload::wait_rows(&primary, &standby_b);
+    // pg_basebackup's own walsenders may take a moment to go; then only the relay is left.
+    primary.wait_for_value(
+        "the relay to be the primary's only replication connection",
+        "select count(*) from pg_stat_replication",
+        "3",
+    );
+    primary.psql("select pg_create_physical_replication_slot('relay', true)");
+    let slot_before = lsn(
+        "relay slot restart_lsn",
+        &primary.psql(RELAY_SLOT_RESTART_LSN),
+    );
+    let receiver_a = standby_a.psql("select pid from pg_stat_wal_receiver");
+
+    // standby_b goes away and comes back while rows are written.
+    standby_b.stop();
+    workload::insert_rows(&primary, 501..=1000);
+    let segment = workload::switch_wal(&primary);
+    workload::insert_rows(&primary, 1001..=1500);
+    workload::wait_rows(&primary, &standby_a);
+    receiver.wait_for_segments(std::slice::from_ref(&segment));
+    standby_b.start();
+    workload::wait_rows(&primary, &standby_b);
+    workload::insert_rows(&primary, 1501..=2000);
+    workload::wait_rows(&primary, &standby_a);
+    workload::wait_rows(&primary, &standby_b);
+
+    // The others were not disturbed: same walreceiver, pg_receivewal running without errors.
+    assert_eq!(
+        standby_a.psql("select pid from pg_stat_wal_receiver"),
+        receiver_a,
+        "standby_a's walreceiver reconnected while standby_b restarted"
+    );
+    receiver.assert_running();
+    assert_eq!(
+        receiver.errors(),
+        Vec::<String>::new(),
+        "pg_receivewal errors"
+    );
+    assert_eq!(
+        primary.psql("select count(*) from pg_stat_replication"),
+        "3",
+        "the primary streams to the relay only"
+    );
+    primary.psql("select pg_replication_slot_advance('relay', pg_current_wal_flush_lsn())");
+    wait_until("the relay's slot on the primary to advance", || {
+        let now = lsn(
+            "relay slot restart_lsn",
+            &primary.psql(RELAY_SLOT_RESTART_LSN),
+        );
+        if now > slot_before {
+            Ok(now)
+        } else {
+            Err(format!("restart_lsn {now}, was {slot_before}"))
+        }
+    });
+    relay.assert_running();
+}

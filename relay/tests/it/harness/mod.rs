@@ -1,0 +1,51 @@
+//! Test harness for the acceptance tests: real PostgreSQL clusters ([`pg`]), the walrelay
+//! binary ([`relay`]), pg_receivewal ([`receivewal`]), a raw protocol client ([`wire`]) and a
+//! tiny HTTP client ([`http`]).
+//!
+//! Every running thing is a guard: dropping it stops its processes (also when the test panics),
+//! and a failing test prints the tail of each guard's log. Waits poll with a generous timeout
+//! ([`WAIT`]) and fail with what they last saw; no test asserts on timing.
+
+pub mod http;
+pub mod os;
+pub mod pg;
+pub mod receivewal;
+pub mod relay;
+pub mod wire;
+pub mod workload;
+
+use std::fmt::Display;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use walrelay::wal::Lsn;
+
+pub use pg::PgCluster;
+pub use receivewal::ReceiveWal;
+pub use relay::Relay;
+
+/// How long any wait on the system under test may take. Generous on purpose: a loaded 2-core
+/// CI machine must never fail a correct relay.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `probe` until it returns `Ok`, for up to [`WAIT`]. On timeout panics naming `what`
+/// and the last observation `probe` returned as `Err`.
+pub fn wait_until<T, E: Display>(what: &str, mut probe: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last saw: {last}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Parses an `X/X` LSN printed by PostgreSQL or the relay, panicking with `what` when it is not one.
+pub fn lsn(what: &str, text: &str) -> Lsn {
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: expected an LSN, got {text:?}: {e}"))
+}

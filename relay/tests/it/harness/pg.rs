@@ -1,0 +1,305 @@
+//! [`PgCluster`]: a real PostgreSQL server in a temp dir, listening on a free loopback port,
+//! with its Unix socket and log file beside its data directory. Primaries come from initdb,
+//! standbys from pg_basebackup with `primary_conninfo` pointing wherever the test says (the
+//! relay, or the primary itself for the harness's own checks).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use super::os::{self, TestDir};
+use super::{wait_until, WAIT};
+
+/// A PostgreSQL cluster. Dropping it stops the server (`pg_ctl stop -m immediate`).
+pub struct PgCluster {
+    name: String,
+    dir: TestDir,
+    port: u16,
+    running: bool,
+}
+
+impl PgCluster {
+    /// initdb, configure for replication and start a primary.
+    pub fn init_primary(name: &str) -> PgCluster {
+        let mut c = PgCluster::new(name);
+        let data = c.data_dir();
+        os::run_ok(
+            os::pg_command("initdb", c.dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-locale",
+                    "-E",
+                    "UTF8",
+                ])
+                .arg("--no-sync"),
+            WAIT,
+        );
+        c.append_conf(&format!(
+            "{common}\
+             wal_level = replica\n\
+             max_wal_senders = 20\n\
+             max_replication_slots = 20\n\
+             wal_keep_size = '16MB'\n\
+             fsync = on\n",
+            common = c.common_conf()
+        ));
+        let hba = "local all all trust\n\
+                   local replication all trust\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   host replication all 127.0.0.1/32 trust\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        c.start();
+        c
+    }
+
+    /// pg_basebackup from `primary`, then start it as a hot standby whose walreceiver connects
+    /// to `upstream_port` (the relay) as `application_name = name`.
+    pub fn basebackup_standby(primary: &PgCluster, name: &str, upstream_port: u16) -> PgCluster {
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "standby name {name:?} must be a plain identifier (it goes into primary_conninfo)"
+        );
+        let mut c = PgCluster::new(name);
+        let data = c.data_dir();
+        os::run_ok(
+            os::pg_command("pg_basebackup", c.dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+                .args(["-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"]),
+            WAIT * 2,
+        );
+        c.append_conf(&format!(
+            "# standby settings written by the test harness\n{common}\
+             primary_conninfo = 'host=127.0.0.1 port={upstream_port} user=postgres application_name={name}'\n",
+            common = c.common_conf()
+        ));
+        let signal = data.join("standby.signal");
+        std::fs::write(&signal, "").expect("write standby.signal");
+        os::give_to_pg_user(&signal);
+        c.start();
+        c
+    }
+
+    fn new(name: &str) -> PgCluster {
+        PgCluster {
+            name: name.to_string(),
+            dir: TestDir::new(name),
+            port: os::free_port(),
+            running: false,
+        }
+    }
+
+    /// Settings every cluster of ours has: where it listens and logs, hot standby on.
+    fn common_conf(&self) -> String {
+        format!(
+            "listen_addresses = '127.0.0.1'\n\
+             port = {port}\n\
+             unix_socket_directories = '{sockets}'\n\
+             hot_standby = on\n\
+             logging_collector = off\n\
+             log_line_prefix = '%m [%p] %q%a '\n\
+             log_connections = on\n\
+             log_disconnections = on\n\
+             shared_buffers = '32MB'\n",
+            port = self.port,
+            sockets = self.dir.path().display()
+        )
+    }
+
+    fn append_conf(&self, text: &str) {
+        let path = self.data_dir().join("postgresql.conf");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open postgresql.conf");
+        f.write_all(text.as_bytes())
+            .expect("append to postgresql.conf");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// libpq conninfo for a client of this server (e.g. the relay's `--upstream`).
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pg_wal_dir(&self) -> PathBuf {
+        self.data_dir().join("pg_wal")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// The last lines of the server log.
+    pub fn log_tail(&self) -> String {
+        os::tail(&self.log_path(), 40)
+    }
+
+    fn pg_ctl(&self, args: &[&str], timeout: Duration) -> Result<(), String> {
+        let out = os::run(
+            os::pg_command("pg_ctl", self.dir.path())
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(args),
+            timeout,
+        )?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let log = self.log_path();
+        let log = log.to_string_lossy();
+        let timeout = WAIT.as_secs().to_string();
+        // Set first: a start that fails or times out may still have left a server to stop.
+        self.running = true;
+        if let Err(e) = self.pg_ctl(&["-l", &log, "-w", "-t", &timeout, "start"], WAIT * 2) {
+            panic!("{}: {e}", self.name);
+        }
+    }
+
+    /// Clean shutdown (`pg_ctl stop -m fast`).
+    pub fn stop(&mut self) {
+        let timeout = WAIT.as_secs().to_string();
+        if let Err(e) = self.pg_ctl(&["-m", "fast", "-w", "-t", &timeout, "stop"], WAIT * 2) {
+            panic!("{}: {e}", self.name);
+        }
+        self.running = false;
+    }
+
+    /// Stops (if running) and starts again.
+    pub fn restart(&mut self) {
+        if self.running {
+            self.stop();
+        }
+        self.start();
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Crash: SIGKILL the postmaster and all its children at once, and wait until they are gone.
+    pub fn kill9(&mut self) {
+        if let Err(e) = self.kill_all() {
+            panic!("{}: {e}", self.name);
+        }
+    }
+
+    fn kill_all(&mut self) -> Result<(), String> {
+        let pm = self.postmaster_pid().ok_or("no postmaster.pid to kill")?;
+        let mut pids = os::children_of(pm);
+        pids.push(pm);
+        os::signal(&pids, "KILL");
+        if !os::wait_gone(&pids, WAIT) {
+            return Err(format!("processes {pids:?} survived SIGKILL"));
+        }
+        // The postmaster's parent is pid 1, which may be slow to reap it (or never do so in a
+        // container). A zombie still "exists" for the next start's lock-file checks
+        // (kill(pid, 0)), so the dead server's lock files are stale: remove them.
+        if !os::reaped(pm) {
+            let socket_lock = format!(".s.PGSQL.{}.lock", self.port);
+            let _ = std::fs::remove_file(self.data_dir().join("postmaster.pid"));
+            let _ = std::fs::remove_file(self.dir.path().join(socket_lock));
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// Runs `sql` with psql against the TCP port; Ok(output) or Err(psql's stderr).
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        psql(&format!("{} dbname=postgres", self.conninfo()), sql)
+    }
+
+    /// Runs `sql` and returns its output; panics with psql's error on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        self.try_psql(sql)
+            .unwrap_or_else(|e| panic!("{}: psql {sql:?} failed: {e}", self.name))
+    }
+
+    /// Polls `sql` until its output satisfies `done`; returns that output. Query errors count as
+    /// "not yet" (a standby may be restarting).
+    pub fn wait_for(&self, what: &str, sql: &str, done: impl Fn(&str) -> bool) -> String {
+        wait_until(
+            &format!("{what} (on {}: {sql})", self.name),
+            || match self.try_psql(sql) {
+                Ok(out) if done(&out) => Ok(out),
+                Ok(out) => Err(format!("{out:?}")),
+                Err(e) => Err(format!("error: {e}")),
+            },
+        )
+    }
+
+    /// Polls `sql` until it prints exactly `expected`.
+    pub fn wait_for_value(&self, what: &str, sql: &str, expected: &str) {
+        self.wait_for(what, sql, |out| out == expected);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "----- {} (port {}) server log tail -----\n{}",
+                self.name,
+                self.port,
+                self.log_tail()
+            );
+        }
+        if self.running
+            && self
+                .pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"], WAIT)
+                .is_err()
+        {
+            let _ = self.kill_all();
+        }
+    }
+}
+
+/// Runs `sql` with `psql -X -At` (as the PostgreSQL user) against a libpq conninfo;
+/// Ok(unaligned tuples-only output, trimmed) or Err(psql's stderr).
+pub fn psql(conninfo: &str, sql: &str) -> Result<String, String> {
+    let out = os::run(
+        os::pg_command("psql", &std::env::temp_dir()).args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ]),
+        WAIT,
+    )?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}

@@ -1,0 +1,235 @@
+//! [`Relay`]: the walrelay binary under test, run as `walrelay run` with its upstream, slot,
+//! free loopback ports for `--listen` and `--http`, and a data dir in a temp dir; stdout and
+//! stderr go to `walrelay.log` there. Restarts reuse the same data dir and ports.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+
+use serde_json::Value;
+use walrelay::wal::Lsn;
+
+use super::os::{self, TestDir};
+use super::{http, lsn, wait_until, WAIT};
+
+/// A running (or stopped) walrelay process. Dropping it kills the process.
+pub struct Relay {
+    dir: TestDir,
+    upstream: String,
+    slot: String,
+    listen_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Relay {
+    /// Spawns `walrelay run` against `upstream` (a libpq conninfo) with slot `slot`. Does not
+    /// wait; see [`Relay::wait_ready`].
+    pub fn start(upstream: &str, slot: &str) -> Relay {
+        let dir = TestDir::new("relay");
+        // Made beforehand, as an operator's unit (systemd StateDirectory=) would.
+        std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
+        let mut relay = Relay {
+            dir,
+            upstream: upstream.to_string(),
+            slot: slot.to_string(),
+            listen_port: os::free_port(),
+            http_port: os::free_port(),
+            child: None,
+            starts: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = self.log_path();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open walrelay.log");
+        writeln!(file, "===== harness: walrelay start #{} =====", self.starts)
+            .expect("write walrelay.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walrelay"));
+        // Only the flags below configure the relay, whatever the developer's environment says.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WALRELAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env("RUST_BACKTRACE", "1")
+            .arg("run")
+            .args(["--upstream", &self.upstream])
+            .args(["--slot", &self.slot])
+            .args(["--listen", &format!("127.0.0.1:{}", self.listen_port)])
+            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file);
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+        );
+    }
+
+    /// The port downstream clients connect to.
+    pub fn port(&self) -> u16 {
+        self.listen_port
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("walrelay.log")
+    }
+
+    /// The last lines of the relay's log.
+    pub fn log_tail(&self) -> String {
+        os::tail(&self.log_path(), 60)
+    }
+
+    /// Panics (with the log tail) if the process has exited.
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("the relay was stopped");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("walrelay exited unexpectedly ({status})");
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (streaming from upstream and serving).
+    pub fn wait_ready(&mut self) {
+        wait_until("walrelay /readyz to answer 200", || {
+            self.assert_running();
+            match http::get(self.http_port, "/readyz") {
+                Ok((200, _)) => Ok(()),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+
+    /// GET `path` on the HTTP port: (status code, body).
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http::get(self.http_port, path)
+    }
+
+    fn get_ok(&self, path: &str) -> String {
+        match self.http_get(path) {
+            Ok((200, body)) => body,
+            Ok((code, body)) => panic!("GET {path}: {code} {body}"),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> Value {
+        let body = self.get_ok("/status");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
+    /// An LSN field of `/status`, by JSON pointer (e.g. `/upstream/flushed_lsn`).
+    pub fn status_lsn(&self, pointer: &str) -> Lsn {
+        let status = self.status();
+        let text = status
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("/status has no string at {pointer}: {status}"));
+        lsn(&format!("/status {pointer}"), text)
+    }
+
+    /// Waits until `/status` lists a downstream with this application_name in state
+    /// `streaming`; returns that entry.
+    pub fn wait_for_downstream(&self, application_name: &str) -> Value {
+        wait_until(
+            &format!("/status to list downstream {application_name:?} streaming"),
+            || {
+                let status = self.status();
+                status
+                    .pointer("/downstreams")
+                    .and_then(Value::as_array)
+                    .and_then(|list| {
+                        list.iter().find(|d| {
+                            d["application_name"] == application_name && d["state"] == "streaming"
+                        })
+                    })
+                    .cloned()
+                    .ok_or_else(|| status.to_string())
+            },
+        )
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        self.get_ok("/metrics")
+    }
+
+    /// The value of an unlabelled sample `name` in `/metrics`, if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+    }
+
+    /// Clean stop: SIGTERM, then wait for the exit. Returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the relay is not running");
+        os::signal(&[child.id()], "TERM");
+        match os::wait_child(&mut child, WAIT) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("walrelay did not exit within {WAIT:?} of SIGTERM");
+            }
+        }
+    }
+
+    /// Crash: SIGKILL and reap.
+    #[allow(dead_code)] // for the crash tests (brief §2.7)
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the relay is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the relay again (after [`Relay::stop`] or [`Relay::kill9`]) with the same
+    /// upstream, slot, ports and data dir. Does not wait for readiness.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart() needs the relay stopped first"
+        );
+        self.spawn();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "----- walrelay (listen {}, http {}) log tail -----\n{}",
+                self.listen_port,
+                self.http_port,
+                self.log_tail()
+            );
+        }
+    }
+}

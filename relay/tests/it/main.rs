@@ -1,0 +1,15 @@
+//! Acceptance tests: real PostgreSQL primaries and standbys, pg_receivewal and the walrelay
+//! binary on loopback ports (see `harness`). Tests named `harness_selfcheck_*` run the same
+//! scenarios with PostgreSQL itself as the upstream: they prove the harness and the
+//! expectations right independently of the relay.
+//!
+//! Run them with `cargo test --test it`; `WALRELAY_TEST_KEEP=1` keeps a failed test's dirs,
+//! `WALRELAY_TEST_PGBIN` picks another PostgreSQL bin dir (default Debian's 15).
+
+mod harness;
+
+mod bad_clients;
+mod fanout;
+mod lifecycle;
+mod restart;
+mod streaming;

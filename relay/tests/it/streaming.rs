@@ -1,0 +1,68 @@
+//! One standby, and pg_receivewal, streaming through the relay.
+
+use crate::harness::receivewal::assert_segments_match;
+use crate::harness::{workload, PgCluster, ReceiveWal, Relay};
+
+/// A standby made from the primary, with `primary_conninfo` at `upstream_port`, gets the rows
+/// written on the primary and its walreceiver streams from that port.
+fn standby_streams(primary: &PgCluster, upstream_port: u16) -> PgCluster {
+    let standby = PgCluster::basebackup_standby(primary, "standby1", upstream_port);
+    workload::insert_rows(primary, 1..=1000);
+    workload::wait_rows(primary, &standby);
+    assert_eq!(
+        standby.psql("select status, sender_port from pg_stat_wal_receiver"),
+        format!("streaming|{upstream_port}")
+    );
+    standby
+}
+
+#[test]
+fn standby_streams_through_relay() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    let _standby = standby_streams(&primary, relay.port());
+    relay.wait_for_downstream("standby1");
+    assert_eq!(relay.metric("walrelay_upstream_connected"), Some(1.0));
+}
+
+#[test]
+fn harness_selfcheck_standby_streams_from_primary() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    standby_streams(&primary, primary.port());
+}
+
+/// pg_receivewal at `port` completes every segment the primary switches away from, and each
+/// is byte-identical to the primary's own file.
+fn receivewal_identical(primary: &PgCluster, port: u16) {
+    // Keeps the primary's copies of the segments until they are compared.
+    primary.psql("select pg_create_physical_replication_slot('pin_wal', true)");
+    let mut receiver = ReceiveWal::start(port);
+    receiver.wait_streaming();
+    let mut switched = Vec::new();
+    for batch in 0..4 {
+        workload::insert_rows(primary, batch * 1000 + 1..=batch * 1000 + 1000);
+        switched.push(workload::switch_wal(primary));
+    }
+    receiver.wait_for_segments(&switched);
+    receiver.assert_running();
+    assert_segments_match(&receiver, primary, switched.len());
+}
+
+#[test]
+fn receivewal_segments_identical() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    receivewal_identical(&primary, relay.port());
+}
+
+#[test]
+fn harness_selfcheck_receivewal_from_primary() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    receivewal_identical(&primary, primary.port());
+}
