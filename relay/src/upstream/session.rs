@@ -30,6 +30,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the aggregated hot-standby feedback of the downstreams is checked and, when it
 /// changed, forwarded upstream.
 const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// `wal_receiver_timeout`: an upstream silent this long is gone (a silent network partition
+/// would otherwise hold the session forever); at half of it the relay asks for a reply.
+const RECEIVER_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -325,11 +328,23 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
     // The first feedback message clears whatever a previous session left on the upstream.
     let mut last_feedback: Option<HotStandbyFeedback> = None;
     let mut last_feedback_at = Instant::now();
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
     send_status(up, conn, received, false).await?;
     loop {
         let next_status = last_status + STATUS_INTERVAL;
+        let ping_at = last_heard + RECEIVER_TIMEOUT / 2;
         tokio::select! {
+            _ = tokio::time::sleep_until(ping_at.into()), if !pinged => {
+                send_status(up, conn, received, true).await?;
+                pinged = true;
+            }
+            _ = tokio::time::sleep_until((last_heard + RECEIVER_TIMEOUT).into()) => {
+                bail!("terminating walreceiver due to timeout: nothing from upstream for {}s", RECEIVER_TIMEOUT.as_secs());
+            }
             ev = conn.recv_copy() => {
+                last_heard = Instant::now();
+                pinged = false;
                 match ev? {
                     CopyEvent::Data(payload) => match parse_server_copy(&payload)? {
                         ServerCopyMessage::XLogData(x) => {
