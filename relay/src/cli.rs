@@ -20,6 +20,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay daemon.
     Run(Box<RunArgs>),
+    /// Read a password on stdin and print its SCRAM-SHA-256 verifier (pg_authid.rolpassword
+    /// format), for the relay's downstream users.
+    Passwd {
+        /// The user name (printed alongside, for pasting into the config file).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, env = "WALRELAY_CONFIG")]
