@@ -29,6 +29,8 @@ pub struct LagTracker {
     base: u64,
     /// Per stage, the sequence number of the next sample not yet consumed.
     heads: [u64; 3],
+    /// Per stage, the newest sample consumed, for interpolation while a position is stuck.
+    last_read: [Option<Sample>; 3],
     last_lsn: Lsn,
     lags: [Option<Duration>; 3],
     fully_applied_last_time: bool,
@@ -40,6 +42,7 @@ impl Default for LagTracker {
             samples: VecDeque::new(),
             base: 0,
             heads: [0; 3],
+            last_read: [None; 3],
             last_lsn: Lsn(0),
             lags: [None; 3],
             fully_applied_last_time: false,
@@ -65,6 +68,8 @@ impl LagTracker {
         self.samples.push_back(Sample { lsn, time });
     }
 
+    /// LagTrackerRead: the lag of `stage` at reported position `lsn`, or `None` when it cannot
+    /// be measured now.
     fn read(&mut self, stage: Stage, lsn: Lsn, now: Instant) -> Option<Duration> {
         let i = stage as usize;
         let mut found = None;
@@ -73,23 +78,59 @@ impl LagTracker {
                 break;
             }
             found = Some(s.time);
+            self.last_read[i] = Some(*s);
             self.heads[i] += 1;
+        }
+        let next = self
+            .samples
+            .get((self.heads[i] - self.base) as usize)
+            .copied();
+        if next.is_none() {
+            // Everything sent was processed: forget the last sample, so the next burst after an
+            // idle period is not interpolated against a stale one.
+            self.last_read[i] = None;
         }
         let min_head = self.heads.iter().copied().min().unwrap_or(self.base);
         while self.base < min_head {
             self.samples.pop_front();
             self.base += 1;
         }
-        found.map(|t| now.saturating_duration_since(t))
+        let time = match (found, next, self.last_read[i]) {
+            (Some(t), _, _) => t,
+            (None, None, _) => return None,
+            // A position stuck between two samples: interpolate the time the WAL at `lsn` was
+            // made durable, so a stuck replica shows its lag growing.
+            (None, Some(next), Some(prev)) => {
+                if lsn < prev.lsn || next.lsn <= prev.lsn {
+                    return None;
+                }
+                let fraction = (lsn.0 - prev.lsn.0) as f64 / (next.lsn.0 - prev.lsn.0) as f64;
+                let span = next.time.saturating_duration_since(prev.time);
+                prev.time + span.mul_f64(fraction.clamp(0.0, 1.0))
+            }
+            // Caught up until a new burst the replica has not reached yet: the lag it would
+            // have if the first new sample were processed now.
+            (None, Some(next), None) => next.time,
+        };
+        Some(now.saturating_duration_since(time))
     }
 
     /// A reply from the replica: update the lags it allows to measure. `sent` is how far the
     /// relay has sent.
     pub fn on_reply(&mut self, write: Lsn, flush: Lsn, replay: Lsn, sent: Lsn, now: Instant) {
+        // A stage reported as 0/0 is one the client does not do (pg_receivewal never replays):
+        // it has no lag figure rather than an ever-growing one.
+        let mut read = |stage, lsn: Lsn| {
+            if lsn.is_valid() {
+                self.read(stage, lsn, now)
+            } else {
+                None
+            }
+        };
         let measured = [
-            self.read(Stage::Write, write, now),
-            self.read(Stage::Flush, flush, now),
-            self.read(Stage::Replay, replay, now),
+            read(Stage::Write, write),
+            read(Stage::Flush, flush),
+            read(Stage::Replay, replay),
         ];
         let clear = if replay == sent {
             let c = self.fully_applied_last_time;
@@ -115,31 +156,26 @@ impl LagTracker {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn measures_and_clears_when_idle() {
         let t0 = Instant::now();
         let mut t = LagTracker::default();
         t.record_sent(Lsn(100), t0);
-        t.record_sent(Lsn(200), t0 + Duration::from_millis(10));
-        // Written up to 150: only the first sample is consumed.
-        t.on_reply(
-            Lsn(150),
-            Lsn(0),
-            Lsn(0),
-            Lsn(200),
-            t0 + Duration::from_millis(30),
-        );
-        assert_eq!(t.lag(Stage::Write), Some(Duration::from_millis(30)));
-        assert_eq!(t.lag(Stage::Flush), None);
-        t.on_reply(
-            Lsn(200),
-            Lsn(200),
-            Lsn(200),
-            Lsn(200),
-            t0 + Duration::from_millis(50),
-        );
-        assert_eq!(t.lag(Stage::Write), Some(Duration::from_millis(40)));
-        assert_eq!(t.lag(Stage::Replay), Some(Duration::from_millis(40)));
+        t.record_sent(Lsn(200), t0 + ms(10));
+        // Written up to 150: the first sample is consumed. Flush has reached nothing yet: the
+        // lag it would have if it reached the first sample now.
+        t.on_reply(Lsn(150), Lsn(90), Lsn(0), Lsn(200), t0 + ms(30));
+        assert_eq!(t.lag(Stage::Write), Some(ms(30)));
+        assert_eq!(t.lag(Stage::Flush), Some(ms(30)));
+        // 0/0 means "not reported" (pg_receivewal's replay): no figure.
+        assert_eq!(t.lag(Stage::Replay), None);
+        t.on_reply(Lsn(200), Lsn(200), Lsn(200), Lsn(200), t0 + ms(50));
+        assert_eq!(t.lag(Stage::Write), Some(ms(40)));
+        assert_eq!(t.lag(Stage::Replay), Some(ms(40)));
         // Fully replayed twice in a row: the lags are forgotten, not left to look stale.
         t.on_reply(
             Lsn(200),
@@ -153,25 +189,21 @@ mod tests {
     }
 
     #[test]
-    fn keeps_last_value_while_behind() {
+    fn stuck_replay_shows_growing_lag() {
         let t0 = Instant::now();
         let mut t = LagTracker::default();
         t.record_sent(Lsn(100), t0);
-        t.on_reply(
-            Lsn(100),
-            Lsn(100),
-            Lsn(50),
-            Lsn(100),
-            t0 + Duration::from_millis(5),
-        );
-        t.on_reply(
-            Lsn(100),
-            Lsn(100),
-            Lsn(50),
-            Lsn(100),
-            t0 + Duration::from_millis(9),
-        );
-        assert_eq!(t.lag(Stage::Flush), Some(Duration::from_millis(5)));
-        assert_eq!(t.lag(Stage::Replay), None);
+        t.on_reply(Lsn(100), Lsn(100), Lsn(50), Lsn(100), t0 + ms(5));
+        assert_eq!(t.lag(Stage::Flush), Some(ms(5)));
+        assert_eq!(t.lag(Stage::Replay), Some(ms(5)));
+        t.on_reply(Lsn(100), Lsn(100), Lsn(50), Lsn(100), t0 + ms(9));
+        assert_eq!(t.lag(Stage::Replay), Some(ms(9)));
+        // Replay reaches the first sample, then sticks halfway to the next: interpolated.
+        t.record_sent(Lsn(200), t0 + ms(100));
+        t.on_reply(Lsn(200), Lsn(200), Lsn(100), Lsn(200), t0 + ms(150));
+        t.on_reply(Lsn(200), Lsn(200), Lsn(150), Lsn(200), t0 + ms(200));
+        assert_eq!(t.lag(Stage::Replay), Some(ms(150)));
+        t.on_reply(Lsn(200), Lsn(200), Lsn(150), Lsn(200), t0 + ms(300));
+        assert_eq!(t.lag(Stage::Replay), Some(ms(250)));
     }
 }

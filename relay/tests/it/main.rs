@@ -10,6 +10,7 @@ mod harness;
 
 mod bad_clients;
 mod fanout;
+mod lag;
 mod lifecycle;
 mod restart;
 mod streaming;
