@@ -1,6 +1,6 @@
 //! The Grafana dashboard (`docs/dashboards/walrelay.json`) only queries metrics the relay
-//! exports: every `walrelay_*` name in a panel query, annotation or variable must appear in
-//! a real relay's `/metrics`. Per-downstream series exist only while a downstream is
+//! exports: every `walrelay_*` name in a panel query, annotation or variable (and in
+//! `docs/monitoring.md`) must appear in a real relay's `/metrics`. Per-downstream series exist only while a downstream is
 //! connected, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless).
 
 mod common;
@@ -13,6 +13,7 @@ const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../docs/dashboards/walrelay.json"
 );
+const MONITORING_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/monitoring.md");
 
 /// Every `walrelay_[a-z_]+` name in `text`.
 fn metric_names(text: &str, out: &mut BTreeSet<String>) {
@@ -27,7 +28,8 @@ fn metric_names(text: &str, out: &mut BTreeSet<String>) {
         let len = tail
             .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
             .unwrap_or(tail.len());
-        if !preceded_by_word && len > 0 {
+        // A name ending in '_' is a wildcard in prose ("walrelay_downstream_lag_*").
+        if !preceded_by_word && len > 0 && !tail[..len].ends_with('_') {
             out.insert(format!("{PREFIX}{}", &tail[..len]));
         }
         rest = &tail[len..];
@@ -112,13 +114,23 @@ fn dashboard_queries_only_exported_metrics() {
         "the dashboard uses metrics the relay does not export: {missing:?}\n\
          exported: {exported:?}\n--- /metrics ---\n{metrics}"
     );
+
+    // The monitoring guide (metric table, PromQL, alert rules) names only real metrics too.
+    let doc = std::fs::read_to_string(MONITORING_DOC).expect("read docs/monitoring.md");
+    let mut in_doc = BTreeSet::new();
+    metric_names(&doc, &mut in_doc);
+    let missing: Vec<_> = in_doc.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/monitoring.md names metrics the relay does not export: {missing:?}"
+    );
 }
 
 #[test]
 fn metric_name_extraction() {
     let mut n = BTreeSet::new();
     metric_names(
-        r#"max by (a) (walrelay_downstream_lag_bytes{stage="replay"}) / rate(walrelay_wal_sent_bytes_total[1m]) pg_walrelay_x walrelay_"#,
+        r#"max by (a) (walrelay_downstream_lag_bytes{stage="replay"}) / rate(walrelay_wal_sent_bytes_total[1m]) pg_walrelay_x walrelay_ walrelay_lag_*"#,
         &mut n,
     );
     assert_eq!(
