@@ -82,6 +82,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub struct StatusDoc {
     pub upstream: UpstreamView,
     pub downstreams: Vec<DownstreamView>,
+    pub diverged_downstreams: Vec<DivergedView>,
+    /// Present when the relay runs with `--failover-standby`.
+    pub failover: Option<FailoverView>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -122,6 +125,36 @@ pub struct DownstreamView {
     pub replay_lag_seconds: Option<f64>,
     pub sent_lag_bytes: Option<u64>,
     pub replay_lag_bytes: Option<u64>,
+}
+
+/// A downstream that received WAL past a fork point and has to be rebuilt.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DivergedView {
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub sent_lsn: Option<String>,
+    pub fork_lsn: Option<String>,
+}
+
+/// `--failover-standby` state: the serving limit and each named candidate.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct FailoverView {
+    pub standbys: Vec<CandidateView>,
+    pub limit_lsn: Option<String>,
+    pub holding: Option<bool>,
+    pub connected: Option<bool>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct CandidateView {
+    pub application_name: Option<String>,
+    /// `confirmed`, `missing` or `never_seen`.
+    pub state: Option<String>,
+    pub flush_lsn: Option<String>,
 }
 
 fn parse_lsn(s: &Option<String>) -> Option<Lsn> {
@@ -259,6 +292,74 @@ pub fn render_upstream(up: &UpstreamView, width: u16) -> String {
     if let Some(e) = &up.ingest_error {
         out.push_str(&wrap_text(
             &format!("WAL ingest stopped: {e}"),
+            usize::from(width),
+        ));
+    }
+    out
+}
+
+/// The `--failover-standby` line: how far WAL is served, whether a missing candidate holds it
+/// back, and each candidate's state.
+fn render_failover(f: &FailoverView, flushed: Option<Lsn>, width: u16) -> String {
+    let mut parts = vec![match (&f.limit_lsn, parse_lsn(&f.limit_lsn)) {
+        (Some(l), Some(limit)) => match flushed.map(|d| d.saturating_sub(limit)) {
+            Some(held) if held > 0 => format!(
+                "failover: serving up to {l} ({} held back)",
+                human_bytes(held)
+            ),
+            _ => format!("failover: serving up to {l}"),
+        },
+        (Some(l), None) => format!("failover: serving up to {l}"),
+        (None, _) => "failover: no limit".into(),
+    }];
+    if f.holding == Some(true) {
+        parts.push("HOLDING".into());
+    }
+    for c in &f.standbys {
+        let name = c.application_name.as_deref().unwrap_or("?");
+        parts.push(match (c.state.as_deref(), &c.flush_lsn) {
+            (Some("confirmed"), Some(l)) => format!("{name} confirmed {l}"),
+            (Some("missing"), Some(l)) => format!("{name} MISSING since {l}"),
+            (Some("never_seen"), _) => format!("{name} never seen"),
+            (Some(other), _) => format!("{name} {other}"),
+            (None, _) => format!("{name} ?"),
+        });
+    }
+    if f.connected == Some(false) {
+        parts.push("watcher DISCONNECTED".into());
+    }
+    let mut out = wrap_parts(&parts, "  ", usize::from(width));
+    if f.connected == Some(false) {
+        if let Some(e) = &f.last_error {
+            out.push_str(&wrap_text(
+                &format!("failover watcher error: {e}"),
+                usize::from(width),
+            ));
+        }
+    }
+    out
+}
+
+/// Downstreams the relay cut off because they were sent WAL past a timeline's fork point.
+fn render_diverged(list: &[DivergedView], width: u16) -> String {
+    let mut out = String::new();
+    if list.is_empty() {
+        return out;
+    }
+    out.push_str(&wrap_text(
+        "DIVERGED: these downstreams received WAL past a fork point and must be rebuilt \
+         (pg_rewind or a new base backup):",
+        usize::from(width),
+    ));
+    for d in list {
+        out.push_str(&wrap_text(
+            &format!(
+                "- {} from {}: sent up to {}, timeline forked at {}",
+                d.application_name.as_deref().unwrap_or("?"),
+                opt(&d.client_addr),
+                opt(&d.sent_lsn),
+                opt(&d.fork_lsn)
+            ),
             usize::from(width),
         ));
     }
@@ -440,35 +541,38 @@ fn render_expanded(rows: &[[String; 11]], width: u16) -> String {
     out
 }
 
-/// The whole screen for one `/status` document at a terminal `width`: the upstream summary,
-/// then one row per downstream, sorted by application_name (a table, or psql's expanded
-/// layout when the terminal is too narrow for one).
+/// The whole screen for one `/status` document at a terminal `width`: the upstream summary
+/// (and the failover-safe serving state when configured), then one row per downstream, sorted
+/// by application_name (a table, or psql's expanded layout when the terminal is too narrow for
+/// one), then any downstreams cut off at a fork point.
 pub fn render(doc: &StatusDoc, width: u16) -> String {
     let mut out = render_upstream(&doc.upstream, width);
-    if doc.downstreams.is_empty() {
-        out.push_str("\nno downstreams connected\n");
-        return out;
-    }
     let flushed = parse_lsn(&doc.upstream.flushed_lsn);
-    let mut sorted: Vec<&DownstreamView> = doc.downstreams.iter().collect();
-    sorted.sort_by(|a, b| {
-        (&a.application_name, &a.client_addr, a.client_port, a.pid).cmp(&(
-            &b.application_name,
-            &b.client_addr,
-            b.client_port,
-            b.pid,
-        ))
-    });
-    let rows: Vec<[String; 11]> = sorted.into_iter().map(|d| cells(d, flushed)).collect();
-    match render_table(&rows, width) {
-        Some(t) => {
-            out.push('\n');
-            out.push_str(&t);
+    if let Some(f) = &doc.failover {
+        out.push_str(&render_failover(f, flushed, width));
+    }
+    out.push('\n');
+    if doc.downstreams.is_empty() {
+        out.push_str("no downstreams connected\n");
+    } else {
+        let mut sorted: Vec<&DownstreamView> = doc.downstreams.iter().collect();
+        sorted.sort_by(|a, b| {
+            (&a.application_name, &a.client_addr, a.client_port, a.pid).cmp(&(
+                &b.application_name,
+                &b.client_addr,
+                b.client_port,
+                b.pid,
+            ))
+        });
+        let rows: Vec<[String; 11]> = sorted.into_iter().map(|d| cells(d, flushed)).collect();
+        match render_table(&rows, width) {
+            Some(t) => out.push_str(&t),
+            None => out.push_str(&render_expanded(&rows, width)),
         }
-        None => {
-            out.push('\n');
-            out.push_str(&render_expanded(&rows, width));
-        }
+    }
+    if !doc.diverged_downstreams.is_empty() {
+        out.push('\n');
+        out.push_str(&render_diverged(&doc.diverged_downstreams, width));
     }
     out
 }
@@ -926,7 +1030,9 @@ pub fn run(args: StatusArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::status::{DownstreamJson, Status, UpstreamJson};
+    use crate::failover::watcher::CandidateJson;
+    use crate::failover::{CandidateState, FailoverStatus};
+    use crate::http::status::{DivergedJson, DownstreamJson, Status, UpstreamJson};
 
     fn upstream() -> UpstreamView {
         UpstreamView {
@@ -1002,6 +1108,7 @@ mod tests {
         let doc = StatusDoc {
             upstream: upstream(),
             downstreams: vec![downstream("replica_b"), downstream("replica_a")],
+            ..StatusDoc::default()
         };
         let s = render(&doc, 140);
         assert_fits(&s, 140);
@@ -1079,6 +1186,54 @@ mod tests {
     }
 
     #[test]
+    fn failover_and_diverged_downstreams() {
+        let mut doc = fleet();
+        doc.failover = serde_json::from_str(
+            r#"{"standbys":[{"application_name":"ha1","state":"confirmed","flush_lsn":"0/3A000060"},
+                {"application_name":"ha2","state":"missing","flush_lsn":"0/39000000"},
+                {"application_name":"ha3","state":"never_seen"}],
+                "limit_lsn":"0/39000000","holding":true,"connected":true,"last_error":null}"#,
+        )
+        .unwrap();
+        doc.diverged_downstreams = vec![DivergedView {
+            application_name: Some("old-replica".into()),
+            client_addr: Some("10.1.0.99".into()),
+            sent_lsn: Some("0/3B000000".into()),
+            fork_lsn: Some("0/3A800000".into()),
+        }];
+        let s = render(&doc, 120);
+        assert_fits(&s, 120);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines[2],
+            "failover: serving up to 0/39000000 (16.0 MiB held back)  HOLDING  ha1 confirmed 0/3A000060  \
+             ha2 MISSING since 0/39000000"
+        );
+        assert_eq!(lines[3], "  ha3 never seen");
+        assert!(s.contains(
+            "\n- old-replica from 10.1.0.99: sent up to 0/3B000000, timeline forked at 0/3A800000\n"
+        ));
+        assert!(s.contains("\nDIVERGED: "), "{s}");
+
+        // Not holding, watcher down: its error is shown.
+        let f = doc.failover.as_mut().unwrap();
+        f.holding = Some(false);
+        f.limit_lsn = Some("0/3A000060".into());
+        f.connected = Some(false);
+        f.last_error = Some("connection refused".into());
+        f.standbys.clear();
+        let s = render(&doc, 120);
+        assert!(
+            s.contains("\nfailover: serving up to 0/3A000060  watcher DISCONNECTED\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("\nfailover watcher error: connection refused\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn long_names_and_narrow_widths_fit() {
         let mut long = downstream(&"a_very_long_application_name_".repeat(4));
         long.client_addr = Some("fd12:3456:789a:1:2:3:4:5".into());
@@ -1090,6 +1245,7 @@ mod tests {
         let doc = StatusDoc {
             upstream: up,
             downstreams: vec![long, downstream("r2")],
+            ..StatusDoc::default()
         };
         for width in [200u16, 120, 100, 80, 60] {
             let s = render(&doc, width);
@@ -1144,9 +1300,63 @@ mod tests {
                 bytes_sent: 9,
                 backend_start: 1.0,
             }],
+            diverged_downstreams: vec![DivergedJson {
+                application_name: "old".into(),
+                client_addr: "10.0.0.9".into(),
+                sent_lsn: Lsn(0x500_0000),
+                fork_lsn: Lsn(0x480_0000),
+            }],
+            failover: Some(FailoverStatus {
+                standbys: vec![
+                    CandidateJson {
+                        application_name: "ha1".into(),
+                        state: CandidateState::Confirmed(Lsn(0x300_0000)),
+                    },
+                    CandidateJson {
+                        application_name: "ha2".into(),
+                        state: CandidateState::Missing(Lsn(0x2F0_0000)),
+                    },
+                    CandidateJson {
+                        application_name: "ha3".into(),
+                        state: CandidateState::NeverSeen,
+                    },
+                ],
+                limit_lsn: Some(Lsn(0x2F0_0000)),
+                holding: true,
+                connected: false,
+                last_error: Some("f".into()),
+            }),
         };
         let doc: StatusDoc =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
+        assert_eq!(
+            doc.diverged_downstreams,
+            vec![DivergedView {
+                application_name: Some("old".into()),
+                client_addr: Some("10.0.0.9".into()),
+                sent_lsn: Some("0/5000000".into()),
+                fork_lsn: Some("0/4800000".into()),
+            }]
+        );
+        let cand = |n: &str, st: &str, l: Option<&str>| CandidateView {
+            application_name: Some(n.into()),
+            state: Some(st.into()),
+            flush_lsn: l.map(Into::into),
+        };
+        assert_eq!(
+            doc.failover,
+            Some(FailoverView {
+                standbys: vec![
+                    cand("ha1", "confirmed", Some("0/3000000")),
+                    cand("ha2", "missing", Some("0/2F00000")),
+                    cand("ha3", "never_seen", None),
+                ],
+                limit_lsn: Some("0/2F00000".into()),
+                holding: Some(true),
+                connected: Some(false),
+                last_error: Some("f".into()),
+            })
+        );
         assert_eq!(
             doc.upstream,
             UpstreamView {
