@@ -1,7 +1,8 @@
 //! The Grafana dashboard (`docs/dashboards/walrelay.json`) only queries metrics the relay
 //! exports: every `walrelay_*` name in a panel query, annotation or variable (and in
 //! `docs/monitoring.md`) must appear in a real relay's `/metrics`. Per-downstream series exist only while a downstream is
-//! connected, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless).
+//! connected, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless);
+//! `walrelay_failover_*` only with `--failover-standby`, which the relay here is given.
 
 mod common;
 
@@ -104,7 +105,8 @@ fn dashboard_queries_only_exported_metrics() {
         assert!(in_targets.contains(core), "no panel queries {core}");
     }
 
-    let relay = common::Relay::start();
+    // With a failover standby named, so the walrelay_failover_* gauges are exported too.
+    let relay = common::Relay::start(&["--failover-standby", "ha1"]);
     let metrics = relay.get("/metrics");
     let exported = exported(&metrics);
 

@@ -16,7 +16,7 @@ fn status(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn status_table_and_json_from_a_running_relay() {
-    let relay = common::Relay::start();
+    let relay = common::Relay::start(&[]);
 
     let out = status(&["--http", &relay.http]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -26,7 +26,8 @@ pub fn free_port() -> u16 {
 }
 
 impl Relay {
-    pub fn start() -> Relay {
+    /// `walrelay run` with `extra` flags besides upstream, data directory and addresses.
+    pub fn start(extra: &[&str]) -> Relay {
         let data = tempfile::tempdir().expect("tempdir");
         // Two different ports: hold the first while asking for the second.
         let a = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -40,6 +41,7 @@ impl Relay {
             .arg("--data-dir")
             .arg(data.path().join("store"))
             .args(["--listen", &listen, "--http", &http])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
