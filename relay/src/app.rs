@@ -147,10 +147,31 @@ fn describe_metrics() {
         "walrelay_upstream_reconnects_total",
         "Upstream reconnect attempts."
     );
-    // Registered at zero so dashboards see the series before the first byte flows.
-    metrics::counter!("walrelay_wal_received_bytes_total").increment(0);
-    metrics::counter!("walrelay_wal_sent_bytes_total").increment(0);
-    metrics::counter!("walrelay_upstream_reconnects_total").increment(0);
+    metrics::describe_counter!(
+        "walrelay_divergences_total",
+        "Times the relay found its own WAL past a new timeline's fork point and moved it aside."
+    );
+    metrics::describe_counter!(
+        "walrelay_diverged_wal_bytes_total",
+        metrics::Unit::Bytes,
+        "WAL bytes moved aside (to diverged/) because they lay past a fork point."
+    );
+    metrics::describe_counter!(
+        "walrelay_downstream_divergences_total",
+        "Downstream sessions ended because the downstream had received WAL past a fork point."
+    );
+    // Registered at zero so dashboards see the series before the first byte flows, and so
+    // increase() sees the first divergence (a series born at 1 shows no increase).
+    for name in [
+        "walrelay_wal_received_bytes_total",
+        "walrelay_wal_sent_bytes_total",
+        "walrelay_upstream_reconnects_total",
+        "walrelay_divergences_total",
+        "walrelay_diverged_wal_bytes_total",
+        "walrelay_downstream_divergences_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
 }
 
 async fn wait_for_signal() {

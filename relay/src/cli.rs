@@ -27,6 +27,8 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Per-replica lag table (or JSON) read from a running relay's /status.
+    Status(crate::status_cmd::StatusArgs),
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, env = "WALRELAY_CONFIG")]

@@ -14,6 +14,7 @@ pub mod failover;
 pub mod http;
 pub mod lag;
 pub mod proto;
+pub mod status_cmd;
 pub mod store;
 pub mod upstream;
 pub mod wal;

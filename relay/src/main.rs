@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Status(args) => walrelay::status_cmd::run(args),
         Command::CheckConfig { config } => {
             let r =
                 FileConfig::load(&config).and_then(|f| RelayConfig::build(f, Overrides::default()));
