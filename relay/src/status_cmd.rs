@@ -1296,7 +1296,7 @@ mod tests {
                 flush_lag_seconds: None,
                 replay_lag_seconds: Some(1.5),
                 sent_lag_bytes: 0,
-                replay_lag_bytes: 0x3_0000,
+                replay_lag_bytes: Some(0x3_0000),
                 bytes_sent: 9,
                 backend_start: 1.0,
             }],

@@ -59,7 +59,8 @@ pub struct DownstreamJson {
     pub flush_lag_seconds: Option<f64>,
     pub replay_lag_seconds: Option<f64>,
     pub sent_lag_bytes: u64,
-    pub replay_lag_bytes: u64,
+    /// Null for a client that reports no replay position (pg_receivewal sends 0/0).
+    pub replay_lag_bytes: Option<u64>,
     pub bytes_sent: u64,
     /// Seconds since the Unix epoch when the session started.
     pub backend_start: f64,
@@ -113,7 +114,10 @@ pub fn build(s: &HttpState) -> Status {
             flush_lag_seconds: d.flush_lag,
             replay_lag_seconds: d.replay_lag,
             sent_lag_bytes: durable.lsn.saturating_sub(d.sent),
-            replay_lag_bytes: durable.lsn.saturating_sub(d.replay),
+            replay_lag_bytes: d
+                .replay
+                .is_valid()
+                .then(|| durable.lsn.saturating_sub(d.replay)),
             bytes_sent: d.bytes_sent,
             backend_start: d
                 .connected_at

@@ -95,6 +95,28 @@ fn paused_replay_shows_growing_lag_and_recovers() {
             }
         });
         assert_eq!(lag_metric(&relay, "bytes", "fast", "replay"), Some(0.0));
+        // `walrelay status` shows the same: its JSON is /status, and its table has a row for
+        // the paused standby with a byte lag that is not zero.
+        let json: Value =
+            serde_json::from_str(&relay.status_command(&["--json"])).expect("status --json");
+        let slow_json = json["downstreams"]
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["application_name"] == "slow"))
+            .cloned()
+            .expect("slow in walrelay status --json");
+        assert!(
+            slow_json["replay_lag_bytes"].as_u64().unwrap_or(0) > 0,
+            "{slow_json}"
+        );
+        let table = relay.status_command(&[]);
+        let row = table
+            .lines()
+            .find(|l| l.contains("slow"))
+            .unwrap_or_else(|| panic!("no row for slow in:\n{table}"));
+        assert!(
+            (row.contains("KiB") || row.contains("MiB")) && !row.contains(" 0 B"),
+            "slow's row shows no byte lag: {row}\n{table}"
+        );
         thread::sleep(Duration::from_millis(500));
     }
     // The relay's figures are the standby's own: write/flush as its walreceiver reports them,

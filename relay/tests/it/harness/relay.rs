@@ -171,6 +171,24 @@ impl Relay {
         )
     }
 
+    /// Runs `walrelay status --http <this relay> <args>` and returns its stdout; panics on a
+    /// non-zero exit.
+    pub fn status_command(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .arg("status")
+            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(args)
+            .env_remove("WALRELAY_HTTP")
+            .output()
+            .expect("run walrelay status");
+        assert!(
+            out.status.success(),
+            "walrelay status {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `GET /metrics` (Prometheus text).
     pub fn metrics(&self) -> String {
         self.get_ok("/metrics")
