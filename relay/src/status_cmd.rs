@@ -1274,6 +1274,7 @@ mod tests {
                 flushed_lsn: Some(Lsn(0x300_0000)),
                 upstream_lsn: Some(Lsn(0x310_0000)),
                 lag_bytes: Some(0x10_0000),
+                lag_seconds: 0.0,
                 stream_start_lsn: Some(Lsn(0x100_0000)),
                 reconnects: 4,
                 last_error: Some("e".into()),

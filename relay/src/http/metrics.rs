@@ -77,6 +77,16 @@ pub fn render(s: &HttpState) -> String {
             .unwrap_or(0),
     );
 
+    header(
+        &mut out,
+        "walrelay_upstream_lag_seconds",
+        "How long ago the relay learned of upstream WAL it has not made durable yet.",
+    );
+    sample(
+        &mut out,
+        "walrelay_upstream_lag_seconds",
+        s.upstream.lag_seconds(durable.lsn),
+    );
     if let Some(f) = s.failover_status() {
         header(
             &mut out,

@@ -35,6 +35,8 @@ pub struct UpstreamJson {
     pub flushed_lsn: Option<Lsn>,
     pub upstream_lsn: Option<Lsn>,
     pub lag_bytes: Option<u64>,
+    /// How long ago the relay learned of upstream WAL it has not made durable yet.
+    pub lag_seconds: f64,
     pub stream_start_lsn: Option<Lsn>,
     pub reconnects: u64,
     pub last_error: Option<String>,
@@ -88,6 +90,7 @@ pub fn build(s: &HttpState) -> Status {
         flushed_lsn: durable.lsn.is_valid().then_some(durable.lsn),
         upstream_lsn: up.upstream_lsn,
         lag_bytes: up.upstream_lsn.map(|u| u.saturating_sub(durable.lsn)),
+        lag_seconds: s.upstream.lag_seconds(durable.lsn),
         stream_start_lsn: up.stream_start_lsn,
         reconnects: up.reconnects,
         last_error: up.last_error,

@@ -357,6 +357,7 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
                             received = Lsn(received.0 + n);
                             metrics::counter!("walrelay_wal_received_bytes_total").increment(n);
                             let wal_end = x.wal_end;
+                            up.status.note_upstream_end(wal_end.max(received));
                             up.status.update(|s| {
                                 s.received_lsn = Some(received);
                                 s.upstream_lsn = Some(wal_end.max(received));
@@ -364,6 +365,7 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
                             });
                         }
                         ServerCopyMessage::Keepalive(k) => {
+                            up.status.note_upstream_end(k.wal_end);
                             up.status.update(|s| {
                                 s.upstream_lsn = Some(k.wal_end);
                                 s.last_message_at = Some(SystemTime::now());

@@ -1,7 +1,8 @@
 //! What the upstream side reports about itself (for `/status`, `/metrics`, `/readyz`).
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::wal::{Lsn, TimeLineId};
 
@@ -28,15 +29,50 @@ pub struct UpstreamStatus {
 
 /// Shared, lock-protected status; updated by the upstream task only.
 #[derive(Default)]
-pub struct UpstreamState(Mutex<UpstreamStatus>);
+pub struct UpstreamState {
+    status: Mutex<UpstreamStatus>,
+    /// When each new upstream WAL end was first seen: the upstream lag in seconds is how long
+    /// ago the oldest end the relay has not made durable yet was seen.
+    ends: Mutex<VecDeque<(Lsn, Instant)>>,
+}
+
+/// Upstream ends remembered for the time lag (older ones merge into the newest).
+const ENDS_KEPT: usize = 4096;
 
 impl UpstreamState {
+    /// Records the upstream's WAL end from a `w` or `k` message.
+    pub fn note_upstream_end(&self, end: Lsn) {
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        if ends.back().is_some_and(|(l, _)| *l >= end) {
+            return;
+        }
+        if ends.len() >= ENDS_KEPT {
+            ends.pop_back();
+        }
+        ends.push_back((end, Instant::now()));
+    }
+
+    /// Seconds since the relay learned of upstream WAL it has not made durable yet (0 when it
+    /// has everything it knows of).
+    pub fn lag_seconds(&self, durable: Lsn) -> f64 {
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        while ends.front().is_some_and(|(l, _)| *l <= durable) {
+            ends.pop_front();
+        }
+        ends.front()
+            .map(|(_, t)| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut UpstreamStatus)) {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.status.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut g);
     }
 
     pub fn get(&self) -> UpstreamStatus {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
