@@ -34,6 +34,13 @@ pub enum Command {
         #[arg(long, env = "WALRELAY_CONFIG")]
         config: PathBuf,
     },
+    /// Check every stored segment and history file (page headers, record CRC-32C,
+    /// continuity); exit 0 clean, 1 damage found.
+    Verify {
+        /// The relay's data directory (or a plain directory of WAL files).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -17,5 +17,6 @@ pub mod proto;
 pub mod status_cmd;
 pub mod store;
 pub mod upstream;
+pub mod verify;
 pub mod wal;
 pub mod wire;

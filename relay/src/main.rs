@@ -90,6 +90,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Verify { data_dir } => match walrelay::verify::run(&data_dir) {
+            Ok(report) => report.finish(),
+            Err(e) => {
+                eprintln!("walrelay verify: error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
