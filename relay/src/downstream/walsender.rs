@@ -236,6 +236,12 @@ fn read_error(e: ReadError) -> PgError {
     match e {
         ReadError::SegmentMissing(_) => PgError::error(sqlstate::UNDEFINED_FILE, e.to_string()),
         ReadError::Io { .. } => PgError::error(sqlstate::INTERNAL_ERROR, e.to_string()),
+        ReadError::Damaged { .. } => {
+            tracing::error!("refusing to serve damaged WAL: {e}");
+            metrics::counter!("walrelay_wal_damaged_reads_total").increment(1);
+            PgError::error(sqlstate::DATA_CORRUPTED, e.to_string())
+                .with_hint("Run walrelay verify on the relay's data directory; the relay serves no WAL past the damage.")
+        }
     }
 }
 

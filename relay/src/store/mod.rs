@@ -11,6 +11,7 @@
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
 pub mod reader;
+mod recover;
 pub mod retention;
 pub mod slots;
 pub mod state;
@@ -146,6 +147,7 @@ impl Store {
                     _ => {}
                 }
             }
+            durable = recover::partial_tail(data_dir, &wal_dir, id, durable)?;
         }
         let slots = Slots::load(data_dir).map_err(io_err("load replication slots"))?;
         let (durable_tx, _) = watch::channel(durable);

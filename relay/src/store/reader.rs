@@ -1,5 +1,7 @@
 //! Positioned reads of stored WAL for walsenders: from the in-memory tail when it still holds
-//! the bytes, else from the segment files.
+//! the bytes (they were validated as they arrived), else from the segment files, validated
+//! again as they are read: a byte damaged on disk since it was written stops the stream at the
+//! last valid record before it, with an error, and is never sent.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -8,8 +10,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::Store;
+use crate::wal::decoder::WalDecoder;
 use crate::wal::segment::{partial_file_name, segment_file_name};
 use crate::wal::{Lsn, TimeLineId};
+
+/// How much is read and validated ahead at a time.
+const VALIDATE_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -21,6 +27,21 @@ pub enum ReadError {
         name: String,
         source: std::io::Error,
     },
+    /// Stored WAL fails validation (damaged on disk).
+    #[error("stored WAL is damaged at {lsn} in WAL segment {segment}: {detail}")]
+    Damaged {
+        segment: String,
+        lsn: Lsn,
+        detail: String,
+    },
+}
+
+struct OpenSegment {
+    tli: TimeLineId,
+    segno: u64,
+    file: File,
+    /// Fed from the segment's first byte, as far as reads needed.
+    decoder: WalDecoder,
 }
 
 /// A reader that keeps its current segment file open between reads (a rename from `.partial`
@@ -28,15 +49,19 @@ pub enum ReadError {
 pub struct WalReader {
     store: Arc<Store>,
     seg_size: u64,
-    open: Option<(TimeLineId, u64, File)>,
+    sysid: Option<u64>,
+    open: Option<OpenSegment>,
 }
 
 impl WalReader {
     pub fn new(store: Arc<Store>) -> Self {
-        let seg_size = store.identity().map(|i| i.seg_size).unwrap_or(16 << 20);
+        let id = store.identity();
+        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(16 << 20);
+        let sysid = id.and_then(|i| i.system_identifier.parse().ok());
         WalReader {
             store,
             seg_size,
+            sysid,
             open: None,
         }
     }
@@ -47,7 +72,7 @@ impl WalReader {
 
     /// Checks that the segment holding `lsn` on `tli` exists (START_REPLICATION's first open).
     pub fn check_segment(&mut self, tli: TimeLineId, lsn: Lsn) -> Result<(), ReadError> {
-        self.file(tli, lsn.segment(self.seg_size)).map(|_| ())
+        self.segment(tli, lsn.segment(self.seg_size)).map(|_| ())
     }
 
     /// Up to `max` bytes of `tli` from `lsn`, never past `end` nor the segment end. Blocking when
@@ -60,45 +85,111 @@ impl WalReader {
         max: usize,
     ) -> Result<Bytes, ReadError> {
         let seg_end = lsn.segment_start(self.seg_size).0 + self.seg_size;
-        let want = (end.0.min(seg_end).saturating_sub(lsn.0) as usize).min(max);
+        let limit = Lsn(end.0.min(seg_end));
+        let want = (limit.0.saturating_sub(lsn.0) as usize).min(max);
         if want == 0 {
             return Ok(Bytes::new());
         }
         if let Some(b) = self.store.tail_read(tli, lsn, want) {
             return Ok(b);
         }
-        let segno = lsn.segment(self.seg_size);
-        let off = lsn.segment_offset(self.seg_size);
-        let name = segment_file_name(tli, segno, self.seg_size);
-        let file = self.file(tli, segno)?;
+        let seg_size = self.seg_size;
+        let segno = lsn.segment(seg_size);
+        let name = segment_file_name(tli, segno, seg_size);
+        let seg = self.segment(tli, segno)?;
+        let need = Lsn(lsn.0 + want as u64);
+        validate_until(seg, &name, need, limit, seg_size)?;
+        // Serve only what validated; a damaged record further on is reported on the next read.
+        // A record that runs on into the next segment cannot be checked whole from this file:
+        // once the whole segment was fed without a fault, its start is served (its CRC was
+        // checked when it arrived from upstream).
+        let valid = if seg.decoder.error().is_none() && seg.decoder.position().0 == seg_end {
+            seg.decoder.position()
+        } else {
+            seg.decoder.valid_end()
+        };
+        if valid <= lsn {
+            return Err(damaged(seg, &name));
+        }
+        let want = want.min((valid.0 - lsn.0) as usize);
         let mut buf = BytesMut::zeroed(want);
-        file.read_exact_at(&mut buf, off)
+        seg.file
+            .read_exact_at(&mut buf, lsn.segment_offset(seg_size))
             .map_err(|source| ReadError::Io { name, source })?;
         Ok(buf.freeze())
     }
 
-    fn file(&mut self, tli: TimeLineId, segno: u64) -> Result<&File, ReadError> {
-        let cached = matches!(&self.open, Some((t, s, _)) if *t == tli && *s == segno);
+    fn segment(&mut self, tli: TimeLineId, segno: u64) -> Result<&mut OpenSegment, ReadError> {
+        let cached = matches!(&self.open, Some(s) if s.tli == tli && s.segno == segno);
         if !cached {
             let dir = self.store.wal_dir();
             let full = dir.join(segment_file_name(tli, segno, self.seg_size));
             let partial = dir.join(partial_file_name(tli, segno, self.seg_size));
             // The writer may rename `.partial` between the two opens: try the final name again.
-            let f = File::open(&full)
+            let file = File::open(&full)
                 .or_else(|_| File::open(&partial))
                 .or_else(|_| File::open(&full))
                 .map_err(|_| {
                     ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size))
                 })?;
-            self.open = Some((tli, segno, f));
-        }
-        match &self.open {
-            Some((_, _, f)) => Ok(f),
-            None => Err(ReadError::SegmentMissing(segment_file_name(
+            let mut decoder =
+                WalDecoder::new(Lsn(segno * self.seg_size), self.seg_size, self.sysid, None);
+            decoder.set_timeline(tli);
+            self.open = Some(OpenSegment {
                 tli,
                 segno,
-                self.seg_size,
-            ))),
+                file,
+                decoder,
+            });
         }
+        self.open
+            .as_mut()
+            .ok_or_else(|| ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size)))
+    }
+}
+
+/// Feeds the segment's decoder from the file until it has validated up to `need` (or as far as
+/// `limit`, the end of what may be read).
+fn validate_until(
+    seg: &mut OpenSegment,
+    name: &str,
+    need: Lsn,
+    limit: Lsn,
+    seg_size: u64,
+) -> Result<(), ReadError> {
+    while seg.decoder.valid_end() < need {
+        if seg.decoder.error().is_some() {
+            return Err(damaged(seg, name));
+        }
+        let pos = seg.decoder.position();
+        if pos >= limit {
+            break;
+        }
+        // Past the durable end nothing is validated (it is not to be served anyway).
+        let n = (limit.0 - pos.0).min(VALIDATE_CHUNK) as usize;
+        let mut buf = vec![0u8; n];
+        seg.file
+            .read_exact_at(&mut buf, pos.segment_offset(seg_size))
+            .map_err(|source| ReadError::Io {
+                name: name.to_string(),
+                source,
+            })?;
+        if seg.decoder.feed(&buf).is_err() {
+            return Err(damaged(seg, name));
+        }
+    }
+    Ok(())
+}
+
+fn damaged(seg: &OpenSegment, name: &str) -> ReadError {
+    let detail = seg
+        .decoder
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "record cannot be validated".to_string());
+    ReadError::Damaged {
+        segment: name.to_string(),
+        lsn: seg.decoder.valid_end(),
+        detail,
     }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{state, Durable, Store, WriterHealth};
+use crate::wal::decoder::WalDecoder;
 use crate::wal::segment::{partial_file_name, segment_file_name};
 use crate::wal::{Lsn, TimeLineId};
 
@@ -89,6 +90,9 @@ struct Writer {
     /// Next byte to write; `None` until a Start, and after a failure.
     pos: Option<Lsn>,
     seg: Option<OpenSegment>,
+    /// Validates every byte written (page headers, record headers and CRC-32C); the durable
+    /// position never passes its `valid_end`, so a record that fails is never served.
+    decoder: Option<WalDecoder>,
     unsynced: u64,
     dirty: bool,
     last_state_save: Instant,
@@ -112,6 +116,7 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
         tli: durable.timeline,
         pos: None,
         seg: None,
+        decoder: None,
         unsynced: 0,
         dirty: false,
         last_state_save: Instant::now(),
@@ -167,6 +172,7 @@ impl Writer {
         tracing::error!("WAL ingest stopped: {e}");
         self.pos = None;
         self.seg = None;
+        self.decoder = None;
         self.dirty = false;
         self.unsynced = 0;
         self.store.set_health(WriterHealth { error: Some(e) });
@@ -190,6 +196,13 @@ impl Writer {
         self.seg = None;
         self.tli = tli;
         self.pos = Some(lsn);
+        let sysid = self
+            .store
+            .identity()
+            .and_then(|i| i.system_identifier.parse::<u64>().ok());
+        let mut decoder = WalDecoder::new(lsn, self.seg_size, sysid, None);
+        decoder.set_timeline(tli);
+        self.decoder = Some(decoder);
         if !same_stream {
             // Durable now means "up to lsn on tli": nothing of tli is stored past it yet.
             self.store.publish_durable(Durable { timeline: tli, lsn });
@@ -202,6 +215,7 @@ impl Writer {
         self.sync();
         self.seg = None;
         self.pos = None;
+        self.decoder = None;
         self.store.tail_clear();
         let moved = self
             .store

@@ -1,0 +1,80 @@
+//! Crash recovery of the segment being written when the relay stopped.
+//!
+//! The `.partial` segment of the current timeline is scanned from its first byte to the end of
+//! its last whole valid record ([`crate::wal::scan::find_end_of_wal`]); that is where the
+//! durable WAL ends, whatever `relay.state` said (it is only a lower bound, written now and
+//! then). Bytes after that end that are not zero (a torn write, or damage) are copied to
+//! `<data-dir>/torn/` and zeroed in place: they are never served, and never silently lost.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{io_err, state, Durable, Identity, StoreError};
+use crate::wal::scan::{find_end_of_wal, EndReason};
+use crate::wal::segment::partial_file_name;
+use crate::wal::Lsn;
+
+/// Returns the durable end after scanning the `.partial` segment that holds `durable` (if any).
+pub(super) fn partial_tail(
+    data_dir: &Path,
+    wal_dir: &Path,
+    id: &Identity,
+    durable: Durable,
+) -> Result<Durable, StoreError> {
+    let seg_size = id.seg_size;
+    let segno = durable.lsn.segment(seg_size);
+    let name = partial_file_name(durable.timeline, segno, seg_size);
+    let path = wal_dir.join(&name);
+    let data = match fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(durable),
+        Err(e) => return Err(io_err(format!("read {name}"))(e)),
+    };
+    let seg_start = Lsn(segno * seg_size);
+    let sysid = id.system_identifier.parse::<u64>().ok();
+    let end = find_end_of_wal(&data, seg_start, seg_size, sysid, None);
+    if end.valid_end < durable.lsn {
+        // The relay once made WAL up to `durable` durable and now cannot read it back: the
+        // disk lost or damaged it. Serve only what is still valid; the upstream will send the
+        // rest again.
+        tracing::error!(
+            segment = %name,
+            recorded = %durable.lsn,
+            valid_end = %end.valid_end,
+            reason = ?end.reason,
+            "stored WAL is damaged below the position the relay had made durable"
+        );
+    }
+    if let (Some(garbage), EndReason::Invalid(_) | EndReason::Zeros { .. }) =
+        (end.garbage_at, &end.reason)
+    {
+        let off = end.valid_end.segment_offset(seg_size);
+        let tail = data.get(off as usize..).unwrap_or(&[]);
+        let torn_dir = data_dir.join("torn");
+        let keep = torn_dir.join(format!("{name}.{:016X}", end.valid_end.0));
+        let save = || -> std::io::Result<()> {
+            fs::create_dir_all(&torn_dir)?;
+            fs::write(&keep, tail)?;
+            fs::File::open(&keep)?.sync_all()?;
+            state::fsync_dir(&torn_dir)?;
+            let f = fs::OpenOptions::new().write(true).open(&path)?;
+            f.write_all_at(&vec![0u8; tail.len()], off)?;
+            f.sync_all()
+        };
+        save().map_err(io_err(format!("set aside the torn tail of {name}")))?;
+        tracing::warn!(
+            segment = %name,
+            valid_end = %end.valid_end,
+            first_garbage = %garbage,
+            kept = %keep.display(),
+            "discarded the bytes after the last valid record of the segment being written (kept aside)"
+        );
+        metrics::counter!("walrelay_recovery_torn_bytes_total").increment(tail.len() as u64);
+    }
+    tracing::info!(segment = %name, valid_end = %end.valid_end, records = end.records, "recovered the segment being written");
+    Ok(Durable {
+        timeline: durable.timeline,
+        lsn: end.valid_end,
+    })
+}
