@@ -935,6 +935,14 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes() {
+        let d = store(true);
+        assert_eq!(run(d.path()).unwrap().finish(), ExitCode::SUCCESS);
+        std::fs::write(wal_file(&d, "00000002.history"), "junk").unwrap();
+        assert_eq!(run(d.path()).unwrap().finish(), ExitCode::from(1));
+    }
+
+    #[test]
     fn not_a_directory_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         assert!(run(&d.path().join("nope")).is_err());
