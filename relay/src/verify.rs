@@ -317,7 +317,9 @@ pub fn run(data_dir: &Path) -> anyhow::Result<VerifyReport> {
     let learned = walker.sysid;
     report.system_identifier = report.system_identifier.or(learned);
     if let Some((tli, flush)) = durable {
-        if flush.is_valid() && !segments.contains_key(&tli) {
+        // A timeline starts at a segment start, so a durable position exactly there needs no
+        // segment of that timeline yet (the writer publishes it before creating the file).
+        if flush.segment_offset(seg_size) != 0 && !segments.contains_key(&tli) {
             report.damage.push(Damage {
                 file: STATE_FILE.into(),
                 lsn: Some(flush),
@@ -914,6 +916,30 @@ mod tests {
             r.damage[0]
         );
         assert_eq!(r.damage[0].file, seg_name(f.first_segno()));
+    }
+
+    #[test]
+    fn durable_position_on_a_timeline_without_segments() {
+        let d = store(false);
+        let mut st = RelayState::new(sysid().to_string(), SEG, "15.18".into());
+        st.timeline = 2;
+        // Just switched: durable at the new timeline's first segment start, no file yet.
+        st.flush_lsn = Lsn(12 * SEG).to_string();
+        state::save(d.path(), &st).unwrap();
+        assert!(run(d.path()).unwrap().is_clean());
+        st.flush_lsn = Lsn(12 * SEG + 4096).to_string();
+        state::save(d.path(), &st).unwrap();
+        let r = run(d.path()).unwrap();
+        assert_eq!(r.damage.len(), 1, "{:?}", r.damage);
+        assert_eq!(r.damage[0].file, STATE_FILE);
+    }
+
+    #[test]
+    fn exit_codes() {
+        let d = store(true);
+        assert_eq!(run(d.path()).unwrap().finish(), ExitCode::SUCCESS);
+        std::fs::write(wal_file(&d, "00000002.history"), "junk").unwrap();
+        assert_eq!(run(d.path()).unwrap().finish(), ExitCode::from(1));
     }
 
     #[test]

@@ -1087,6 +1087,33 @@ mod tests {
     }
 
     #[test]
+    fn no_corrupted_record_byte_is_ever_below_valid_end() {
+        // Flip one byte of one record (header or body, never a page header) at a time: the
+        // decoder must fail, and what it calls valid must end before that record.
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        let clean = f.bytes_from(f.first_segno());
+        let mut rng = Chunks(2024);
+        for _ in 0..100 {
+            let r = &f.records[rng.next() % f.records.len()];
+            let off = (rng.next() as u64) % u64::from(r.tot_len);
+            let at = Lsn(data_end(r.lsn, off + 1, SEG).0 - 1);
+            let mut data = clean.clone();
+            let i = (at.0 - start.0) as usize;
+            data[i] ^= 1 << (rng.next() % 8);
+            let mut d = WalDecoder::new(start, SEG, None, None);
+            let e = d.feed(&data).unwrap_err();
+            assert!(
+                d.valid_end() <= r.lsn,
+                "flip at {at} in record {}: valid_end {} ({e})",
+                r.lsn,
+                d.valid_end()
+            );
+            assert!(e.lsn() >= r.lsn, "flip at {at} in record {}: {e}", r.lsn);
+        }
+    }
+
+    #[test]
     fn system_identifier_is_checked_when_given() {
         let f = fixture();
         let mut d = WalDecoder::new(Lsn(f.first_segno() * SEG), SEG, Some(12345), None);
