@@ -207,7 +207,7 @@ impl Writer {
             // Durable now means "up to lsn on tli": nothing of tli is stored past it yet.
             self.store.publish_durable(Durable { timeline: tli, lsn });
         }
-        self.store.set_health(WriterHealth::default());
+        // A previous failure stays reported until WAL is written and synced again.
         Ok(())
     }
 
@@ -364,6 +364,8 @@ impl Writer {
                 return;
             }
             self.dirty = false;
+            // Written and synced: whatever stopped ingest before is over.
+            self.store.set_health(WriterHealth::default());
         }
         if self.pos.is_some() {
             self.publish();
