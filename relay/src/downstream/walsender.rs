@@ -292,7 +292,19 @@ impl Sender {
                 None => durable.lsn,
             };
             if let Some(h) = self.historic.filter(|h| self.sent > h.switchpoint) {
-                return Err(self.diverged(h));
+                // Past the fork by a partial record only (the first record after the fork point
+                // was not sent whole): the downstream replayed nothing the new primary lacks,
+                // so its timeline ends as usual and it follows. A whole record past the fork
+                // (or no way to tell) means it must be rebuilt.
+                let whole = self
+                    .ctx
+                    .store
+                    .record_end_after(self.tli, h.switchpoint)
+                    .is_none_or(|first_end| self.sent >= first_end);
+                if whole {
+                    return Err(self.diverged(h));
+                }
+                return self.end_timeline(conn, h).await;
             }
             if self.sent < end {
                 self.send_chunk(conn, end).await?;

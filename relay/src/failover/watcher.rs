@@ -25,7 +25,9 @@ use crate::wal::{Lsn, TimeLineId};
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Between readings when nothing waits (to notice candidates coming and going).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-const QUERY: &str = "SELECT application_name, flush_lsn FROM pg_catalog.pg_stat_replication WHERE flush_lsn IS NOT NULL";
+/// `flush_lsn` is NULL for rows the role may not see in full (it needs `pg_read_all_stats`):
+/// such a candidate is neither seen nor absent, and is reported.
+const QUERY: &str = "SELECT application_name, flush_lsn FROM pg_catalog.pg_stat_replication";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FailoverStatus {
@@ -150,20 +152,53 @@ impl FailoverWatcher {
                 return Ok(());
             }
             let rows = conn.simple_query(QUERY).await?;
-            let obs: Vec<(String, Lsn)> = rows
-                .into_iter()
-                .filter_map(|r| {
-                    let name = r.first().cloned().flatten()?;
-                    let lsn = r.get(1).cloned().flatten()?.parse().ok()?;
-                    Some((name, lsn))
-                })
-                .collect();
+            let mut obs: Vec<(String, Lsn)> = Vec::new();
+            let mut unreadable: Vec<String> = Vec::new();
+            for r in rows {
+                let Some(name) = r.first().cloned().flatten() else {
+                    continue;
+                };
+                match r.get(1).cloned().flatten().and_then(|l| l.parse().ok()) {
+                    Some(lsn) => obs.push((name, lsn)),
+                    None if self.names.contains(&name) => unreadable.push(name),
+                    None => {}
+                }
+            }
+            if !unreadable.is_empty() {
+                // Position unknown: keep the current limit (never release WAL on a guess) and
+                // say why.
+                let why = format!(
+                    "cannot read the flush position of failover standby {} in pg_stat_replication: \
+                     the upstream role needs the pg_read_all_stats privilege",
+                    unreadable.join(", ")
+                );
+                let first = self
+                    .status
+                    .lock()
+                    .map(|s| s.last_error.as_deref() != Some(why.as_str()))
+                    .unwrap_or(true);
+                if first {
+                    warn!("{why}");
+                }
+                self.set_status(|s| {
+                    s.last_error = Some(why);
+                    s.holding = true;
+                });
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
             let (limit, states) = rule.observe(&obs);
             let holding = states
                 .iter()
                 .any(|(_, s)| matches!(s, CandidateState::Missing(_)));
+            // Cut at a record end: a downstream never holds part of a record past what the
+            // candidates confirmed, so it can never be "ahead" of a promoted candidate's fork
+            // point (which is a record end) by a partial record either.
             let new = match limit {
-                Some(lsn) => ServeLimit::UpTo { timeline: tli, lsn },
+                Some(lsn) => ServeLimit::UpTo {
+                    timeline: tli,
+                    lsn: self.store.record_end_at_or_before(tli, lsn).unwrap_or(lsn),
+                },
                 None => ServeLimit::Unlimited,
             };
             let was_holding = self.status.lock().map(|s| s.holding).unwrap_or(false);

@@ -18,7 +18,7 @@ pub mod state;
 pub mod tail;
 pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,6 +69,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
+/// Record ends remembered (about the last few hundred MB of WAL at typical record sizes).
+const RECORD_ENDS_KEPT: usize = 1 << 18;
+
 /// Health of ingest, as the writer last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterHealth {
@@ -85,6 +88,10 @@ pub struct Store {
     health_tx: watch::Sender<WriterHealth>,
     histories: RwLock<BTreeMap<TimeLineId, Bytes>>,
     tail: Mutex<Tail>,
+    /// Ends of the most recent valid records, per timeline: where served WAL may be cut so a
+    /// downstream never holds a partial record past a bound, and what a fork point's next
+    /// record end is.
+    record_ends: Mutex<BTreeSet<(TimeLineId, Lsn)>>,
     slots: Arc<Slots>,
     _lock: fs::File,
 }
@@ -160,6 +167,7 @@ impl Store {
             health_tx,
             histories: RwLock::new(histories),
             tail: Mutex::new(Tail::default()),
+            record_ends: Mutex::new(BTreeSet::new()),
             slots,
             _lock: lock,
         }))
@@ -345,6 +353,33 @@ impl Store {
         if let Ok(mut t) = self.tail.lock() {
             t.push(tli, start, data);
         }
+    }
+
+    pub(crate) fn note_record_ends(&self, tli: TimeLineId, new: &[Lsn]) {
+        if new.is_empty() {
+            return;
+        }
+        let mut ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.extend(new.iter().map(|l| (tli, *l)));
+        while ends.len() > RECORD_ENDS_KEPT {
+            ends.pop_first();
+        }
+    }
+
+    /// The end of the last known record of `tli` at or before `lsn`.
+    pub fn record_end_at_or_before(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
+        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.range((tli, Lsn(0))..=(tli, lsn))
+            .next_back()
+            .map(|(_, l)| *l)
+    }
+
+    /// The end of the first known record of `tli` that ends after `lsn`.
+    pub fn record_end_after(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
+        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.range((tli, Lsn(lsn.0 + 1))..=(tli, Lsn(u64::MAX)))
+            .next()
+            .map(|(_, l)| *l)
     }
 
     pub(crate) fn tail_clear(&self) {

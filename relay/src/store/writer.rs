@@ -241,6 +241,15 @@ impl Writer {
                 "WAL chunk at {start} does not continue the stream at {pos}"
             ));
         }
+        if let Some(d) = self.decoder.as_mut() {
+            let mut ends = Vec::new();
+            let fed = d.feed_with(data, |rec| ends.push(rec.end));
+            self.store.note_record_ends(self.tli, &ends);
+            if let Err(e) = fed {
+                metrics::counter!("walrelay_wal_invalid_total").increment(1);
+                return Err(format!("invalid WAL from upstream: {e}"));
+            }
+        }
         let mut lsn = start;
         while !data.is_empty() {
             let segno = lsn.segment(self.seg_size);
@@ -335,12 +344,19 @@ impl Writer {
         Ok(())
     }
 
+    /// Publishes what is both fsynced and validated. Within a stream the durable position
+    /// only moves forward (a restart re-validates from a point the store already had).
     fn publish(&mut self) {
         if let Some(pos) = self.pos {
-            self.store.publish_durable(Durable {
-                timeline: self.tli,
-                lsn: pos,
-            });
+            let valid = self.decoder.as_ref().map_or(pos, |d| d.valid_end());
+            let lsn = pos.min(valid);
+            let cur = self.store.durable();
+            if cur.timeline != self.tli || lsn > cur.lsn {
+                self.store.publish_durable(Durable {
+                    timeline: self.tli,
+                    lsn,
+                });
+            }
         }
         self.unsynced = 0;
     }
