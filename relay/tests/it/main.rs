@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_clients;
+mod failover;
 mod fanout;
 mod lifecycle;
 mod restart;
