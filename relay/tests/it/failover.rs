@@ -117,8 +117,7 @@ fn fork_point(server: &PgCluster, timeline: u32) -> Lsn {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let field = text
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .and_then(|l| l.split('\t').nth(1))
         .unwrap_or_else(|| panic!("{} has no switch point: {text:?}", path.display()));
     lsn("switch point", field)
@@ -167,6 +166,12 @@ fn assert_relay_not_diverged(relay: &Relay) {
         "the relay logged a divergence:\n{}",
         relay.log_tail()
     );
+}
+
+/// Whether the file `name` (a segment name, perhaps with a suffix) is of a later segment than
+/// the segment file name `segment` (same timeline).
+fn segment_after(name: &str, segment: &str) -> bool {
+    name.get(..24).is_some_and(|n| n > segment)
 }
 
 /// Names of the files in `dir` (none when it does not exist), sorted.
@@ -337,7 +342,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         diverged.iter().any(|f| f.starts_with(&fork_segment))
             && diverged
                 .iter()
-                .any(|f| f.starts_with("00000001") && f[..24] > *fork_segment.as_str()),
+                .any(|f| f.starts_with("00000001") && segment_after(f, &fork_segment)),
         "diverged/ should hold the segment holding the fork {fork} ({fork_segment}) and the \
          whole segment after it: {diverged:?}"
     );
@@ -389,7 +394,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
     );
     let left: Vec<String> = files_in(&wal)
         .into_iter()
-        .filter(|f| f.starts_with("00000001") && f.len() >= 24 && f[..24] > *fork_segment.as_str())
+        .filter(|f| f.starts_with("00000001") && segment_after(f, &fork_segment))
         .collect();
     assert_eq!(
         left,
@@ -786,6 +791,125 @@ fn other_cluster_refused() {
     assert_eq!(
         relay.status()["upstream"]["system_identifier"],
         sysid.as_str()
+    );
+    relay.assert_running();
+}
+
+/// A crash in the middle of one large WAL record, with `--failover-standby`: the HA candidate,
+/// the relay and its downstream each hold the first part of the record, which the promoted
+/// candidate drops (its timeline forks where the record starts). The downstream never replayed
+/// past the fork: PostgreSQL as its upstream would end timeline 1 for it as usual and let its
+/// startup process decide (it can follow, as it does when the rest of its last segment reads
+/// as invalid). The relay must not tell it to rebuild, nor list it in `diverged_downstreams`.
+#[test]
+#[ignore = "relay bug: a downstream holding only a partial record past the fork gets FATAL 55000 \
+            and is listed in diverged_downstreams (docs/failover.md, known issues)"]
+fn failover_standby_partial_record_at_crash_is_no_divergence() {
+    let mut primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut ha = PgCluster::ha_standby(&primary, "ha");
+    let mut relay = Relay::start_with(
+        &read_write_hosts(&[&primary, &ha]),
+        "relay",
+        &["--failover-standby", "ha"],
+    );
+    relay.wait_ready();
+    relay.wait_status("failover standby ha confirmed on the primary", |s| {
+        s["failover"]["standbys"][0]["state"] == "confirmed"
+    });
+    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
+    workload::insert_rows(&primary, 1..=500);
+    workload::wait_rows(&primary, &ha);
+    workload::wait_rows(&primary, &standby1);
+    let before = flush_lsn(&primary);
+
+    // One WAL record of 400 MB: while the backend copies it into the WAL buffers, finished
+    // segments are flushed and the walsenders send them.
+    let conninfo = format!("{} dbname=postgres", primary.conninfo());
+    let big = std::thread::spawn(move || {
+        crate::harness::pg::psql(
+            &conninfo,
+            "select pg_logical_emit_message(false, 'big', repeat('x', 400 * 1024 * 1024))",
+        )
+    });
+    let backend: u32 = primary
+        .wait_for(
+            "the backend writing the big record",
+            "select pid from pg_stat_activity where pid <> pg_backend_pid() \
+             and query like 'select pg_logical_emit_message%'",
+            |out| !out.is_empty(),
+        )
+        .parse()
+        .expect("a pid");
+    let received = |server: &PgCluster| {
+        lsn(
+            "pg_last_wal_receive_lsn()",
+            &server.psql("select pg_last_wal_receive_lsn()"),
+        )
+    };
+    wait_until("ha to receive part of the big record", || {
+        let r = received(&ha);
+        if r.0 > before.0 + 2 * SEG_SIZE {
+            Ok(())
+        } else {
+            Err(format!("ha received {r}"))
+        }
+    });
+    // Frozen mid-record, the backend never completes it, and nothing after it can be flushed
+    // (its space is reserved). The stream settles: the HA standby confirms all that was
+    // flushed, so the relay serves all of it.
+    if !crate::harness::os::signal(&[backend], "STOP") {
+        panic!(
+            "cannot stop backend {backend} mid-record; its statement ended: {:?}",
+            big.join()
+        );
+    }
+    let settled = wait_until("the stream to settle mid-record", || {
+        let flushed = flush_lsn(&primary);
+        let (ha_at, standby_at) = (received(&ha), received(&standby1));
+        if ha_at == flushed && standby_at == flushed {
+            Ok(flushed)
+        } else {
+            Err(format!(
+                "primary flushed {flushed}, ha received {ha_at}, standby1 {standby_at}"
+            ))
+        }
+    });
+    primary.kill9();
+    let _ = big.join();
+    let replayed = lsn(
+        "pg_last_wal_replay_lsn()",
+        &standby1.psql("select pg_last_wal_replay_lsn()"),
+    );
+
+    ha.promote();
+    let fork = fork_point(&ha, 2);
+    eprintln!("fork {fork}; standby1 received {settled}, replayed {replayed}");
+    assert!(
+        replayed <= fork && fork < settled,
+        "the scenario needs standby1 to hold part of the record past the fork, not replayed"
+    );
+    wait_upstream(&relay, &ha, 2);
+    // The relay is done with standby1's timeline 1 session one way or the other.
+    wait_until("the relay to end standby1's timeline 1 session", || {
+        let log = relay.log();
+        let ended = log.lines().any(|l| {
+            l.contains("application_name=\"standby1\"")
+                && (l.contains("end of timeline reached") || l.contains("must be rebuilt"))
+        });
+        if ended {
+            Ok(())
+        } else {
+            Err(relay.log_tail())
+        }
+    });
+    for line in standby1.log().lines().filter(|l| l.contains("FATAL")) {
+        eprintln!("standby1: {line}");
+    }
+    assert_no_diverged_downstreams(&relay);
+    assert!(
+        !standby1.log().contains("Rebuild this standby"),
+        "standby1 was told to rebuild"
     );
     relay.assert_running();
 }
