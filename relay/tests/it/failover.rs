@@ -32,10 +32,10 @@ fn read_write_hosts(servers: &[&PgCluster]) -> String {
     )
 }
 
-/// Waits until the relay streams from `server` with its durable WAL on `timeline` (`/status`
-/// upstream port and timeline, metric `walrelay_timeline`); returns that `/status`.
-fn wait_upstream(relay: &Relay, server: &PgCluster, timeline: u32) -> Value {
-    let port = server.port();
+/// Waits until the relay streams from the server at `port` with its durable WAL on
+/// `timeline` (`/status` upstream port and timeline, metric `walrelay_timeline`); returns that
+/// `/status`.
+fn wait_upstream(relay: &Relay, port: u16, timeline: u32) -> Value {
     wait_until(
         &format!("the relay to stream timeline {timeline} from port {port}"),
         || {
@@ -256,7 +256,7 @@ fn clean_switchover_carries_downstreams() {
     let mut ha = PgCluster::ha_standby(&primary, "ha");
     let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
     relay.wait_ready();
-    wait_upstream(&relay, &primary, 1);
+    wait_upstream(&relay, primary.port(), 1);
     let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
     let standby2 = PgCluster::basebackup_standby(&primary, "standby2", relay.port());
     let mut receiver = ReceiveWal::start(relay.port());
@@ -273,7 +273,7 @@ fn clean_switchover_carries_downstreams() {
     ha.promote();
     ha.psql(PIN_WAL);
     let fork = fork_point(&ha, 2);
-    wait_upstream(&relay, &ha, 2);
+    wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 501..=1000);
     for standby in [&standby1, &standby2] {
         workload::wait_rows(&ha, standby);
@@ -331,7 +331,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         fork <= ha_end && fork < relay_end,
         "fork {fork}: the HA standby received up to {ha_end}, the relay {relay_end}"
     );
-    wait_upstream(&relay, &ha, 2);
+    wait_upstream(&relay, ha.port(), 2);
 
     // The relay's own WAL past the fork: moved aside, logged, counted.
     let line = relay.wait_for_log("moved it to diverged/");
@@ -527,7 +527,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
     ha.promote();
     let fork = fork_point(&ha, 2);
     assert!(limit <= fork, "served up to {limit}, past the fork {fork}");
-    wait_upstream(&relay, &ha, 2);
+    wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 1501..=2000);
     for standby in [&standby1, &standby2] {
         workload::wait_rows(&ha, standby);
@@ -567,7 +567,7 @@ fn two_failovers_in_a_row() {
     ha1.promote();
     ha2.set_primary_conninfo(Some(ha1.port()));
     wait_received_tli(&ha2, 2);
-    wait_upstream(&relay, &ha1, 2);
+    wait_upstream(&relay, ha1.port(), 2);
     workload::insert_rows(&ha1, 501..=1000);
     workload::wait_rows(&ha1, &ha2);
     workload::wait_rows(&ha1, &standby1);
@@ -577,7 +577,7 @@ fn two_failovers_in_a_row() {
     ha1.stop();
     ha2.promote();
     ha2.psql(PIN_WAL);
-    wait_upstream(&relay, &ha2, 3);
+    wait_upstream(&relay, ha2.port(), 3);
     workload::insert_rows(&ha2, 1001..=1500);
     workload::wait_rows(&ha2, &standby1);
     wait_received_tli(&standby1, 3);
@@ -622,23 +622,11 @@ fn relay_chain_follows_failover() {
 
     primary.stop();
     ha.promote();
-    wait_upstream(&relay_a, &ha, 2);
+    wait_upstream(&relay_a, ha.port(), 2);
     workload::insert_rows(&ha, 501..=1000);
     workload::wait_rows(&ha, &standby);
     wait_received_tli(&standby, 2);
-    wait_until("relay B to stream timeline 2 from relay A", || {
-        let status = relay_b.status();
-        let up = &status["upstream"];
-        if up["connected"] == true
-            && up["port"] == relay_a.port()
-            && up["timeline"] == 2
-            && relay_b.metric("walrelay_timeline") == Some(2.0)
-        {
-            Ok(())
-        } else {
-            Err(up.to_string())
-        }
-    });
+    wait_upstream(&relay_b, relay_a.port(), 2);
     assert_eq!(
         walreceiver(&standby),
         before,
@@ -685,7 +673,7 @@ fn relay_killed_during_failover_converges() {
 
     relay.restart();
     relay.wait_ready();
-    wait_upstream(&relay, &ha, 2);
+    wait_upstream(&relay, ha.port(), 2);
     workload::wait_rows(&ha, &standby1);
     wait_received_tli(&standby1, 2);
     assert_receivewal_followed_after_reconnect(&receiver, &ha);
@@ -739,7 +727,7 @@ fn other_cluster_refused() {
     relay.set_upstream(&read_write_hosts(&[&other, &primary]));
     relay.restart();
     relay.wait_ready();
-    let status = wait_upstream(&relay, &primary, 1);
+    let status = wait_upstream(&relay, primary.port(), 1);
     assert_eq!(status["upstream"]["system_identifier"], sysid.as_str());
     let refusal = relay.wait_for_log("refusing upstream server: it belongs to a different cluster");
     eprintln!("relay: {refusal}");
@@ -759,7 +747,7 @@ fn other_cluster_refused() {
         s["upstream"]["reconnects"].as_u64().unwrap_or(0) > reconnects
             && s["upstream"]["connected"] == true
     });
-    wait_upstream(&relay, &primary, 1);
+    wait_upstream(&relay, primary.port(), 1);
     let refused_again = relay
         .log()
         .matches("belongs to a different cluster")
@@ -889,7 +877,7 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         replayed <= fork && fork < settled,
         "the scenario needs standby1 to hold part of the record past the fork, not replayed"
     );
-    wait_upstream(&relay, &ha, 2);
+    wait_upstream(&relay, ha.port(), 2);
     // The relay is done with standby1's timeline 1 session one way or the other.
     wait_until("the relay to end standby1's timeline 1 session", || {
         let log = relay.log();
@@ -912,4 +900,61 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         "standby1 was told to rebuild"
     );
     relay.assert_running();
+}
+
+/// A relay chain after a crash with a lagging candidate: relay A moves its WAL past the fork
+/// aside, and so does relay B below it (B received that WAL from A), by itself; B reports the
+/// standby that got WAL past the fork, and a standby built from the new primary streams
+/// through both relays.
+#[test]
+fn relay_chain_heals_after_divergence() {
+    let mut primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut ha = PgCluster::ha_standby(&primary, "ha");
+    let mut relay_a = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay_a");
+    relay_a.wait_ready();
+    let mut relay_b = Relay::start(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres target_session_attrs=any",
+            relay_a.port()
+        ),
+        "relay_b",
+    );
+    relay_b.wait_ready();
+    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay_b.port());
+    workload::insert_rows(&primary, 1..=500);
+    workload::wait_rows(&primary, &ha);
+    workload::wait_rows(&primary, &standby1);
+
+    cut_off(&primary, &ha, "ha");
+    workload::insert_rows(&primary, 501..=1000);
+    workload::wait_rows(&primary, &standby1);
+    primary.kill9();
+    ha.promote();
+    let fork = fork_point(&ha, 2);
+    wait_upstream(&relay_a, ha.port(), 2);
+    wait_upstream(&relay_b, relay_a.port(), 2);
+    for relay in [&relay_a, &relay_b] {
+        let line = relay.wait_for_log("moved it to diverged/");
+        eprintln!("{line}");
+        assert!(!files_in(&relay.data_dir().join("diverged")).is_empty());
+        assert_same_file(
+            &relay.data_dir().join("wal/00000002.history"),
+            &ha.pg_wal_dir().join("00000002.history"),
+        );
+    }
+    let status = relay_b.wait_status("standby1 listed in relay B's diverged_downstreams", |s| {
+        diverged_names(s).iter().any(|n| n == "standby1")
+    });
+    eprintln!(
+        "fork {fork}; relay B diverged_downstreams {}; relay A {}",
+        status["diverged_downstreams"],
+        relay_a.status()["diverged_downstreams"]
+    );
+    let fresh = PgCluster::basebackup_standby(&ha, "fresh", relay_b.port());
+    workload::insert_rows(&ha, 1001..=1500);
+    workload::wait_rows(&ha, &fresh);
+    wait_received_tli(&fresh, 2);
+    relay_a.assert_running();
+    relay_b.assert_running();
 }
