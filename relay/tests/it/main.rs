@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_clients;
+mod failover;
 mod fanout;
 mod lag;
 mod lifecycle;

@@ -87,6 +87,61 @@ impl PgCluster {
         c
     }
 
+    /// An HA standby of `primary`: a base backup whose walreceiver streams directly from the
+    /// primary as `application_name = name` (so it shows in the primary's
+    /// `pg_stat_replication` under that name), hot standby on, ready to be promoted.
+    pub fn ha_standby(primary: &PgCluster, name: &str) -> PgCluster {
+        let standby = PgCluster::basebackup_standby(primary, name, primary.port());
+        standby.wait_for_value(
+            &format!("{name} to stream from the primary"),
+            "select status from pg_stat_wal_receiver",
+            "streaming",
+        );
+        standby
+    }
+
+    /// Points this standby's walreceiver at `upstream_port` (as `application_name` = its
+    /// name), or at nothing with `None` (the walreceiver stops and stays stopped: the standby
+    /// lags from now on). Reloads the configuration of a running server; `primary_conninfo`
+    /// takes effect without a restart (PostgreSQL 13+).
+    pub fn set_primary_conninfo(&self, upstream_port: Option<u16>) {
+        let conninfo = upstream_port.map_or(String::new(), |port| {
+            format!(
+                "host=127.0.0.1 port={port} user=postgres application_name={}",
+                self.name
+            )
+        });
+        self.append_conf(&format!(
+            "# changed by the test harness\nprimary_conninfo = '{conninfo}'\n"
+        ));
+        if self.running {
+            self.psql("select pg_reload_conf()");
+        }
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`) and waits until it accepts writes.
+    pub fn promote(&mut self) {
+        let timeout = WAIT.as_secs().to_string();
+        if let Err(e) = self.pg_ctl(&["-w", "-t", &timeout, "promote"], WAIT * 2) {
+            panic!("{}: {e}", self.name);
+        }
+        self.wait_for_value(
+            "the promoted server to leave recovery",
+            "select pg_is_in_recovery()",
+            "f",
+        );
+    }
+
+    /// The cluster's system identifier (`pg_control_system()`).
+    pub fn system_identifier(&self) -> String {
+        self.psql("select system_identifier from pg_control_system()")
+    }
+
+    /// The whole server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     fn new(name: &str) -> PgCluster {
         PgCluster {
             name: name.to_string(),

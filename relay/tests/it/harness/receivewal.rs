@@ -145,8 +145,17 @@ pub fn assert_segments_match(receiver: &ReceiveWal, primary: &PgCluster, at_leas
     }
 }
 
+/// Asserts that pg_receivewal's file `name` (a segment or a history file) is byte-identical
+/// to the file of that name in `server`'s pg_wal.
+pub fn assert_file_matches(receiver: &ReceiveWal, name: &str, server: &PgCluster) {
+    assert_same_file(
+        &receiver.wal_dir().join(name),
+        &server.pg_wal_dir().join(name),
+    );
+}
+
 /// Byte-compares two files, panicking with the first differing offset.
-fn assert_same_file(ours: &Path, theirs: &Path) {
+pub fn assert_same_file(ours: &Path, theirs: &Path) {
     let a = std::fs::read(ours).unwrap_or_else(|e| panic!("read {}: {e}", ours.display()));
     let b = std::fs::read(theirs).unwrap_or_else(|e| panic!("read {}: {e}", theirs.display()));
     if a != b {

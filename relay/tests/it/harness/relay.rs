@@ -19,6 +19,8 @@ pub struct Relay {
     dir: TestDir,
     upstream: String,
     slot: String,
+    /// Further `walrelay run` flags (e.g. `--failover-standby NAME`), kept for restarts.
+    extra_args: Vec<String>,
     listen_port: u16,
     http_port: u16,
     child: Option<Child>,
@@ -29,6 +31,11 @@ impl Relay {
     /// Spawns `walrelay run` against `upstream` (a libpq conninfo) with slot `slot`. Does not
     /// wait; see [`Relay::wait_ready`].
     pub fn start(upstream: &str, slot: &str) -> Relay {
+        Relay::start_with(upstream, slot, &[])
+    }
+
+    /// Like [`Relay::start`], with further `walrelay run` flags (kept for restarts).
+    pub fn start_with(upstream: &str, slot: &str, extra_args: &[&str]) -> Relay {
         let dir = TestDir::new("relay");
         // Made beforehand, as an operator's unit (systemd StateDirectory=) would.
         std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
@@ -36,6 +43,7 @@ impl Relay {
             dir,
             upstream: upstream.to_string(),
             slot: slot.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             listen_port: os::free_port(),
             http_port: os::free_port(),
             child: None,
@@ -73,6 +81,7 @@ impl Relay {
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(&self.extra_args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone log handle"))
@@ -94,6 +103,22 @@ impl Relay {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("walrelay.log")
+    }
+
+    /// The whole log of every start so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the log holds a line containing `text`; returns that line.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        wait_until(&format!("walrelay to log {text:?}"), || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(text))
+                .map(str::to_string)
+                .ok_or_else(|| self.log_tail())
+        })
     }
 
     /// The last lines of the relay's log.
@@ -148,6 +173,18 @@ impl Relay {
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("/status has no string at {pointer}: {status}"));
         lsn(&format!("/status {pointer}"), text)
+    }
+
+    /// Polls `/status` until `done` accepts it; returns that document.
+    pub fn wait_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        wait_until(&format!("/status: {what}"), || {
+            let status = self.status();
+            if done(&status) {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        })
     }
 
     /// Waits until `/status` lists a downstream with this application_name in state
@@ -222,6 +259,12 @@ impl Relay {
         let mut child = self.child.take().expect("the relay is not running");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Changes the upstream conninfo the next [`Relay::restart`] uses (same data dir, slot,
+    /// ports and extra flags), as an operator edits the unit's configuration.
+    pub fn set_upstream(&mut self, upstream: &str) {
+        self.upstream = upstream.to_string();
     }
 
     /// Starts the relay again (after [`Relay::stop`] or [`Relay::kill9`]) with the same
