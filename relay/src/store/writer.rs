@@ -158,6 +158,10 @@ impl Writer {
                 }
                 let _ = reply.send(r);
             }
+            // After a failure, WAL still queued behind it is dropped until the next Start: the
+            // first error is the one reported.
+            WriteCmd::Wal { .. }
+                if self.pos.is_none() && self.store.health().borrow().error.is_some() => {}
             WriteCmd::Wal { start, data } => {
                 if let Err(e) = self.write(start, &data) {
                     self.fail(e);
@@ -232,7 +236,7 @@ impl Writer {
         Ok(moved)
     }
 
-    fn write(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), String> {
         let Some(pos) = self.pos else {
             return Err("WAL arrived before the stream start".into());
         };
@@ -246,10 +250,26 @@ impl Writer {
             let fed = d.feed_with(data, |rec| ends.push(rec.end));
             self.store.note_record_ends(self.tli, &ends);
             if let Err(e) = fed {
+                // Keep what is valid, up to the last whole record before the bad one: write
+                // it, sync and publish it, then stop ingest. The durable end stays a record
+                // boundary, where the next stream can start.
+                let valid = d
+                    .valid_end()
+                    .0
+                    .saturating_sub(start.0)
+                    .min(data.len() as u64);
+                let kept = self.write_bytes(start, data.get(..valid as usize).unwrap_or(&[]));
+                self.sync();
                 metrics::counter!("walrelay_wal_invalid_total").increment(1);
+                kept?;
                 return Err(format!("invalid WAL from upstream: {e}"));
             }
         }
+        self.write_bytes(start, data)
+    }
+
+    /// Writes `data` at `start` (the current position) into the segment files.
+    fn write_bytes(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), String> {
         let mut lsn = start;
         while !data.is_empty() {
             let segno = lsn.segment(self.seg_size);
@@ -338,6 +358,7 @@ impl Writer {
             state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
         }
         self.dirty = false;
+        self.store.set_health(WriterHealth::default());
         self.publish();
         // A completed segment is a natural point to record progress.
         self.save_state();
@@ -389,5 +410,140 @@ impl Writer {
         if self.last_state_save.elapsed() >= STATE_SAVE_INTERVAL {
             self.save_state();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Identity, Store};
+    use crate::wal::testwal::{fixture, SEG};
+
+    /// A store for the fixture's cluster, with its writer running.
+    fn store_for_fixture(
+        dir: &std::path::Path,
+    ) -> (Arc<Store>, WriterHandle, std::thread::JoinHandle<()>) {
+        let f = fixture();
+        let first = f.segment(f.first_segno());
+        let mut sysid = [0u8; 8];
+        sysid.copy_from_slice(&first[24..32]);
+        let store = Store::open(dir).unwrap();
+        store
+            .adopt_identity(Identity {
+                system_identifier: u64::from_le_bytes(sysid).to_string(),
+                seg_size: SEG,
+                server_version: "15.18".into(),
+            })
+            .unwrap();
+        let (handle, thread) = spawn(store.clone());
+        (store, handle, thread)
+    }
+
+    async fn stream(handle: &WriterHandle, start: Lsn, bytes: &[u8]) {
+        let mut at = start;
+        for chunk in bytes.chunks(100_000) {
+            handle
+                .write(at, Bytes::copy_from_slice(chunk))
+                .await
+                .unwrap();
+            at = Lsn(at.0 + chunk.len() as u64);
+        }
+    }
+
+    async fn settle(store: &Store) -> Durable {
+        // The writer syncs whenever its queue drains; give it a moment to get there.
+        let mut last = store.durable();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = store.durable();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn durable_follows_valid_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, handle, _t) = store_for_fixture(dir.path());
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        handle.start(1, start).await.unwrap();
+        // Three whole segments: durable reaches the last record that ends inside them.
+        let bytes = f.bytes_from(f.first_segno());
+        stream(&handle, start, &bytes[..3 * SEG as usize]).await;
+        let d = settle(&store).await;
+        let end = Lsn(start.0 + 3 * SEG);
+        let last_whole = f
+            .records
+            .iter()
+            .map(|r| Lsn(r.lsn.0 + r.tot_len as u64))
+            .filter(|e| *e <= end)
+            .max()
+            .unwrap();
+        assert!(
+            d.lsn >= last_whole && d.lsn <= end,
+            "durable {} vs last whole record end {last_whole}",
+            d.lsn
+        );
+        assert!(store.health().borrow().error.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_corrupt_record_is_never_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, handle, _t) = store_for_fixture(dir.path());
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        // A record in the second segment, its body byte flipped.
+        let victim = f
+            .records
+            .iter()
+            .find(|r| r.lsn.0 > start.0 + SEG + 4096 && r.tot_len > 200)
+            .unwrap();
+        let mut bytes = f.bytes_from(f.first_segno());
+        let at = (victim.lsn.0 - start.0 + 100) as usize;
+        bytes[at] ^= 0x55;
+        handle.start(1, start).await.unwrap();
+        stream(&handle, start, &bytes[..3 * SEG as usize]).await;
+        let d = settle(&store).await;
+        assert!(
+            d.lsn <= victim.lsn,
+            "durable {} passed the corrupt record at {}",
+            d.lsn,
+            victim.lsn
+        );
+        assert!(
+            d.lsn.0 + 64 * 1024 > victim.lsn.0,
+            "durable {} stopped far before {}",
+            d.lsn,
+            victim.lsn
+        );
+        let err = store
+            .health()
+            .borrow()
+            .error
+            .clone()
+            .expect("ingest error reported");
+        assert!(err.contains("invalid WAL from upstream"), "{err}");
+        assert!(
+            err.contains(&victim.lsn.to_string()),
+            "{err} should name {}",
+            victim.lsn
+        );
+        // A new stream from the durable position (what the upstream session does) is accepted.
+        handle.start(1, d.lsn).await.unwrap();
+        let from = (d.lsn.0 - start.0) as usize;
+        let good = f.bytes_from(f.first_segno());
+        stream(&handle, d.lsn, &good[from..3 * SEG as usize]).await;
+        let again = settle(&store).await;
+        assert!(
+            again.lsn > victim.lsn,
+            "after a clean resend durable {} passes {}",
+            again.lsn,
+            victim.lsn
+        );
+        assert!(store.health().borrow().error.is_none());
     }
 }
