@@ -160,6 +160,19 @@ fn describe_metrics() {
         "walrelay_downstream_divergences_total",
         "Downstream sessions ended because the downstream had received WAL past a fork point."
     );
+    metrics::describe_counter!(
+        "walrelay_wal_invalid_total",
+        "WAL from upstream that failed validation (page header, record header or CRC-32C); each one restarts the upstream session from the last valid record."
+    );
+    metrics::describe_counter!(
+        "walrelay_wal_damaged_reads_total",
+        "Walsender reads that found stored WAL damaged on disk and stopped before it."
+    );
+    metrics::describe_counter!(
+        "walrelay_recovery_torn_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes after the last valid record of the segment being written, set aside at start."
+    );
     // Registered at zero so dashboards see the series before the first byte flows, and so
     // increase() sees the first divergence (a series born at 1 shows no increase).
     for name in [
@@ -169,6 +182,9 @@ fn describe_metrics() {
         "walrelay_divergences_total",
         "walrelay_diverged_wal_bytes_total",
         "walrelay_downstream_divergences_total",
+        "walrelay_wal_invalid_total",
+        "walrelay_wal_damaged_reads_total",
+        "walrelay_recovery_torn_bytes_total",
     ] {
         metrics::counter!(name).increment(0);
     }
