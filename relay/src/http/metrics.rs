@@ -13,6 +13,16 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The labels that identify one downstream session's series.
+fn downstream_labels(d: &crate::downstream::registry::DownstreamSnapshot) -> String {
+    format!(
+        "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
+        esc(&d.application_name),
+        d.client_addr.ip(),
+        d.pid
+    )
+}
+
 fn header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
@@ -119,12 +129,7 @@ pub fn render(s: &HttpState) -> String {
         "Bytes between the relay's durable WAL end and what the replica was sent / wrote / flushed / replayed.",
     );
     for d in &downstreams {
-        let labels = format!(
-            "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
-            esc(&d.application_name),
-            d.client_addr.ip(),
-            d.pid
-        );
+        let labels = downstream_labels(d);
         for (stage, lsn) in [
             ("sent", d.sent),
             ("write", d.write),
@@ -148,12 +153,7 @@ pub fn render(s: &HttpState) -> String {
         "Time between the relay making WAL durable and the replica reporting it written / flushed / replayed (pg_stat_replication's *_lag; 0 when idle).",
     );
     for d in &downstreams {
-        let labels = format!(
-            "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
-            esc(&d.application_name),
-            d.client_addr.ip(),
-            d.pid
-        );
+        let labels = downstream_labels(d);
         for (stage, lag) in [
             ("write", d.write_lag),
             ("flush", d.flush_lag),
