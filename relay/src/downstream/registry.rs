@@ -32,7 +32,8 @@ impl WalSndState {
 }
 
 /// One downstream connection as the relay sees it.
-#[derive(Debug)]
+/// One downstream connection as the relay reports it.
+#[derive(Debug, Clone)]
 pub struct Downstream {
     pub pid: i32,
     pub application_name: String,
@@ -49,29 +50,42 @@ pub struct Downstream {
     pub reply_time: Option<SystemTime>,
     pub bytes_sent: u64,
     pub hs_feedback: Option<HotStandbyFeedback>,
+}
+
+/// A registry entry: the reported fields and the session's lag samples.
+#[derive(Debug)]
+pub struct Entry {
+    pub d: Downstream,
     pub lag: LagTracker,
 }
 
-/// A copy of an entry for reporting.
+impl std::ops::Deref for Entry {
+    type Target = Downstream;
+    fn deref(&self) -> &Downstream {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Downstream {
+        &mut self.d
+    }
+}
+
+/// A copy of an entry for reporting, with the lags measured so far (seconds).
 #[derive(Debug, Clone)]
 pub struct DownstreamSnapshot {
-    pub pid: i32,
-    pub application_name: String,
-    pub user: String,
-    pub client_addr: SocketAddr,
-    pub connected_at: SystemTime,
-    pub state: WalSndState,
-    pub timeline: Option<TimeLineId>,
-    pub slot_name: Option<String>,
-    pub sent: Lsn,
-    pub write: Lsn,
-    pub flush: Lsn,
-    pub replay: Lsn,
-    pub reply_time: Option<SystemTime>,
-    pub bytes_sent: u64,
+    pub d: Downstream,
     pub write_lag: Option<f64>,
     pub flush_lag: Option<f64>,
     pub replay_lag: Option<f64>,
+}
+
+impl std::ops::Deref for DownstreamSnapshot {
+    type Target = Downstream;
+    fn deref(&self) -> &Downstream {
+        &self.d
+    }
 }
 
 /// A downstream that received WAL past a fork point (it must be rebuilt).
@@ -89,7 +103,7 @@ const DIVERGED_KEPT: usize = 100;
 
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<BTreeMap<i32, Downstream>>,
+    inner: Mutex<BTreeMap<i32, Entry>>,
     diverged: Mutex<Vec<DivergedDownstream>>,
 }
 
@@ -100,7 +114,7 @@ pub struct RegistryGuard {
 }
 
 impl RegistryGuard {
-    pub fn update(&self, f: impl FnOnce(&mut Downstream)) {
+    pub fn update(&self, f: impl FnOnce(&mut Entry)) {
         if let Ok(mut m) = self.registry.inner.lock() {
             if let Some(d) = m.get_mut(&self.pid) {
                 f(d);
@@ -131,10 +145,16 @@ impl Drop for RegistryGuard {
 }
 
 impl Registry {
-    pub fn register(self: &Arc<Self>, entry: Downstream) -> RegistryGuard {
-        let pid = entry.pid;
+    pub fn register(self: &Arc<Self>, d: Downstream) -> RegistryGuard {
+        let pid = d.pid;
         if let Ok(mut m) = self.inner.lock() {
-            m.insert(pid, entry);
+            m.insert(
+                pid,
+                Entry {
+                    d,
+                    lag: LagTracker::default(),
+                },
+            );
         }
         RegistryGuard {
             registry: self.clone(),
@@ -147,24 +167,11 @@ impl Registry {
             return Vec::new();
         };
         m.values()
-            .map(|d| DownstreamSnapshot {
-                pid: d.pid,
-                application_name: d.application_name.clone(),
-                user: d.user.clone(),
-                client_addr: d.client_addr,
-                connected_at: d.connected_at,
-                state: d.state,
-                timeline: d.timeline,
-                slot_name: d.slot_name.clone(),
-                sent: d.sent,
-                write: d.write,
-                flush: d.flush,
-                replay: d.replay,
-                reply_time: d.reply_time,
-                bytes_sent: d.bytes_sent,
-                write_lag: d.lag.lag(Stage::Write).map(|l| l.as_secs_f64()),
-                flush_lag: d.lag.lag(Stage::Flush).map(|l| l.as_secs_f64()),
-                replay_lag: d.lag.lag(Stage::Replay).map(|l| l.as_secs_f64()),
+            .map(|e| DownstreamSnapshot {
+                d: e.d.clone(),
+                write_lag: e.lag.lag(Stage::Write).map(|l| l.as_secs_f64()),
+                flush_lag: e.lag.lag(Stage::Flush).map(|l| l.as_secs_f64()),
+                replay_lag: e.lag.lag(Stage::Replay).map(|l| l.as_secs_f64()),
             })
             .collect()
     }
@@ -272,7 +279,6 @@ mod tests {
                 catalog_xmin: 0,
                 catalog_xmin_epoch: 0,
             }),
-            lag: LagTracker::default(),
         }
     }
 

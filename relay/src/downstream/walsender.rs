@@ -160,7 +160,6 @@ pub async fn start_replication(
         reply_time: None,
         bytes_sent: 0,
         hs_feedback: None,
-        lag: Default::default(),
     });
 
     // Hand the read half to the reply reader for the duration of the stream.

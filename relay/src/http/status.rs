@@ -100,33 +100,36 @@ pub fn build(s: &HttpState) -> Status {
         .registry
         .snapshot()
         .into_iter()
-        .map(|d| DownstreamJson {
-            pid: d.pid,
-            application_name: d.application_name,
-            usename: d.user,
-            client_addr: d.client_addr.ip().to_string(),
-            client_port: d.client_addr.port(),
-            state: d.state.as_str(),
-            timeline: d.timeline,
-            slot_name: d.slot_name,
-            sent_lsn: d.sent,
-            write_lsn: d.write,
-            flush_lsn: d.flush,
-            replay_lsn: d.replay,
-            write_lag_seconds: d.write_lag,
-            flush_lag_seconds: d.flush_lag,
-            replay_lag_seconds: d.replay_lag,
-            sent_lag_bytes: durable.lsn.saturating_sub(d.sent),
-            replay_lag_bytes: d
-                .replay
-                .is_valid()
-                .then(|| durable.lsn.saturating_sub(d.replay)),
-            bytes_sent: d.bytes_sent,
-            backend_start: d
-                .connected_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_secs_f64())
-                .unwrap_or(0.0),
+        .map(|snap| {
+            let d = snap.d;
+            DownstreamJson {
+                pid: d.pid,
+                application_name: d.application_name,
+                usename: d.user,
+                client_addr: d.client_addr.ip().to_string(),
+                client_port: d.client_addr.port(),
+                state: d.state.as_str(),
+                timeline: d.timeline,
+                slot_name: d.slot_name,
+                sent_lsn: d.sent,
+                write_lsn: d.write,
+                flush_lsn: d.flush,
+                replay_lsn: d.replay,
+                write_lag_seconds: snap.write_lag,
+                flush_lag_seconds: snap.flush_lag,
+                replay_lag_seconds: snap.replay_lag,
+                sent_lag_bytes: durable.lsn.saturating_sub(d.sent),
+                replay_lag_bytes: d
+                    .replay
+                    .is_valid()
+                    .then(|| durable.lsn.saturating_sub(d.replay)),
+                bytes_sent: d.bytes_sent,
+                backend_start: d
+                    .connected_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|t| t.as_secs_f64())
+                    .unwrap_or(0.0),
+            }
         })
         .collect();
     let diverged_downstreams = s
