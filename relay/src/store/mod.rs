@@ -343,7 +343,9 @@ impl Store {
 
     pub(crate) fn set_health(&self, h: WriterHealth) {
         self.health_tx.send_if_modified(|cur| {
-            let changed = *cur != h;
+            // A failure is always news: an upstream session started after an earlier failure
+            // (still reported) must learn that its own WAL failed too.
+            let changed = *cur != h || h.error.is_some();
             *cur = h;
             changed
         });

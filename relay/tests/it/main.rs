@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_clients;
+mod crash;
 mod failover;
 mod fanout;
 mod lag;

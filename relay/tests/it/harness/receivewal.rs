@@ -20,6 +20,11 @@ pub struct ReceiveWal {
 impl ReceiveWal {
     /// Starts `pg_receivewal -D <dir> -h 127.0.0.1 -p <port> -U postgres -v`.
     pub fn start(port: u16) -> ReceiveWal {
+        ReceiveWal::start_with(port, &[])
+    }
+
+    /// Like [`ReceiveWal::start`], with further pg_receivewal options (e.g. `-S SLOT`).
+    pub fn start_with(port: u16, extra_args: &[&str]) -> ReceiveWal {
         let dir = TestDir::new("receivewal");
         let wal = dir.path().join("wal");
         os::pg_owned_dir(&wal);
@@ -29,6 +34,7 @@ impl ReceiveWal {
             .arg(&wal)
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-U", "postgres", "--no-password", "-v"])
+            .args(extra_args)
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
         let child = cmd

@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 
@@ -275,6 +275,46 @@ impl Relay {
             "restart() needs the relay stopped first"
         );
         self.spawn();
+    }
+
+    /// Like [`Relay::start_with`], with the data dir at `data_dir` (e.g. a small file system
+    /// mounted for the test): [`Relay::data_dir`] is a symlink to it.
+    pub fn start_in(data_dir: &Path, upstream: &str, slot: &str, extra_args: &[&str]) -> Relay {
+        let dir = TestDir::new("relay");
+        std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
+            .expect("symlink the relay's data dir");
+        let mut relay = Relay {
+            dir,
+            upstream: upstream.to_string(),
+            slot: slot.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            listen_port: os::free_port(),
+            http_port: os::free_port(),
+            child: None,
+            starts: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code
+    /// and stderr.
+    pub fn verify(&self) -> (i32, String) {
+        assert!(
+            self.child.is_none(),
+            "verify() needs the relay stopped first"
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walrelay"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WALRELAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("verify").arg("--data-dir").arg(self.data_dir());
+        let out = os::run(&mut cmd, WAIT).unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Killed by a signal (no code) counts as neither clean nor damage found.
+        (out.status.code().unwrap_or(-1), stderr)
     }
 }
 
