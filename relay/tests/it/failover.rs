@@ -832,23 +832,25 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
             &server.psql("select pg_last_wal_receive_lsn()"),
         )
     };
+    // The backend runs in short bursts between SIGSTOPs until the HA standby has received
+    // two segments of the record, so it is frozen mid-record however fast or loaded the
+    // machine is.
+    let signal = |sig: &str| crate::harness::os::signal(&[backend], sig);
+    assert!(
+        signal("STOP"),
+        "cannot stop backend {backend}: {:?}",
+        big.join()
+    );
     wait_until("ha to receive part of the big record", || {
         let r = received(&ha);
         if r.0 > before.0 + 2 * SEG_SIZE {
-            Ok(())
-        } else {
-            Err(format!("ha received {r}"))
+            return Ok(());
         }
+        signal("CONT");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        signal("STOP");
+        Err(format!("ha received {r}"))
     });
-    // Frozen mid-record, the backend never completes it, and nothing after it can be flushed
-    // (its space is reserved). The stream settles: the HA standby confirms all that was
-    // flushed, so the relay serves all of it.
-    if !crate::harness::os::signal(&[backend], "STOP") {
-        panic!(
-            "cannot stop backend {backend} mid-record; its statement ended: {:?}",
-            big.join()
-        );
-    }
     let settled = wait_until("the stream to settle mid-record", || {
         let flushed = flush_lsn(&primary);
         let ha_at = received(&ha);
