@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use walrelay::store::state;
 use walrelay::wal::scan::first_nonzero;
 use walrelay::wal::segment::{parse_wal_file_name, segment_file_name, WalFileName};
 use walrelay::wal::{find_end_of_wal, Lsn};
@@ -863,4 +864,94 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
         "{error}"
     );
     relay.assert_running();
+}
+
+/// Rewrites `relay.state` with its flush position at `flush`. The file is documented as a lower
+/// bound of the durable position (saved about once a second and at segment ends), so any
+/// earlier value is one a kill -9 can leave behind.
+fn set_state_flush(relay: &Relay, flush: Lsn) {
+    let dir = relay.data_dir();
+    let mut st = state::load(&dir)
+        .expect("read relay.state")
+        .expect("relay.state exists");
+    st.flush_lsn = flush.to_string();
+    state::save(&dir, &st).expect("write relay.state");
+}
+
+/// kill -9 after the last byte of a segment was written but before its `.partial` was renamed
+/// (a window `kill9_at_random_points_loses_nothing` hits about once in 60 kills). The disk
+/// state is made here exactly as such a kill leaves it: the segment whole but still named
+/// `.partial`, no next segment yet, and `relay.state` saved while that segment was written.
+#[test]
+#[ignore = "relay bug: recovery leaves a whole segment named .partial and forgets the next one"]
+fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    let mut switched = Vec::new();
+    for batch in 0..3 {
+        workload::insert_rows(&primary, batch * 1000 + 1..=batch * 1000 + 1000);
+        switched.push(workload::switch_wal(&primary));
+    }
+    let whole = switched.last().cloned().unwrap_or_default();
+    wait_until("the relay to complete the switched segments", || {
+        let have = relay_segments(&relay);
+        if have.contains(&(whole.clone(), false)) {
+            Ok(())
+        } else {
+            Err(format!("have {have:?}"))
+        }
+    });
+    let status = relay.stop();
+    assert!(status.success(), "walrelay exited {status} on SIGTERM");
+
+    // The kill: `whole` written to its last byte, not yet renamed; nothing after it.
+    let wal = relay.data_dir().join("wal");
+    for (name, partial) in relay_segments(&relay) {
+        if partial && name > whole {
+            std::fs::remove_file(wal.join(format!("{name}.partial"))).expect("remove");
+        }
+    }
+    std::fs::rename(wal.join(&whole), wal.join(format!("{whole}.partial"))).expect("rename");
+    let next_start = Lsn(segment_start(&whole).0 + SEG_SIZE);
+    set_state_flush(&relay, segment_start(&whole));
+
+    relay.restart();
+    relay.wait_ready();
+    workload::insert_rows(&primary, 10_001..=11_000);
+    let acked = wait_until(
+        "the relay to acknowledge WAL past the whole segment",
+        || match primary_slot_restart(&primary, "relay") {
+            Some(acked) if acked > next_start => Ok(acked),
+            other => Err(format!("slot restart_lsn {other:?}")),
+        },
+    );
+    let mut problems = Vec::new();
+    let names = relay_segments(&relay);
+    if names.contains(&(whole.clone(), true)) {
+        problems.push(format!(
+            "{whole} is whole but still named {whole}.partial after the restart; the relay \
+             holds {names:?}"
+        ));
+    }
+
+    // Killed again before the next periodic state save.
+    relay.kill9();
+    set_state_flush(&relay, segment_start(&whole));
+    relay.restart();
+    relay.wait_ready();
+    let resumed = relay.status_lsn("/upstream/stream_start_lsn");
+    if resumed < acked {
+        problems.push(format!(
+            "the relay had acknowledged {acked} to the primary, but after kill -9 it resumed \
+             streaming at {resumed}: it forgot the WAL it had made durable past {next_start}"
+        ));
+    }
+    relay.stop();
+    let (code, stderr) = relay.verify();
+    if code != 0 {
+        problems.push(format!("walrelay verify exits {code}:\n{stderr}"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
