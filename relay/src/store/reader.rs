@@ -159,7 +159,7 @@ fn validate_until(
 ) -> Result<(), ReadError> {
     while seg.decoder.valid_end() < need {
         if seg.decoder.error().is_some() {
-            return Err(damaged(seg, name));
+            break;
         }
         let pos = seg.decoder.position();
         if pos >= limit {
@@ -175,7 +175,9 @@ fn validate_until(
                 source,
             })?;
         if seg.decoder.feed(&buf).is_err() {
-            return Err(damaged(seg, name));
+            // What validated before the damage is still served; the caller reports the
+            // damage once nothing valid is left to send.
+            break;
         }
     }
     Ok(())

@@ -12,23 +12,42 @@ use std::path::Path;
 
 use super::{io_err, state, Durable, Identity, StoreError};
 use crate::wal::scan::{find_end_of_wal, EndReason};
-use crate::wal::segment::partial_file_name;
+use crate::wal::segment::{partial_file_name, segment_file_name};
 use crate::wal::Lsn;
 
 /// Returns the durable end after scanning the `.partial` segment that holds `durable` (if any).
+/// A `.partial` that turns out whole (the relay was killed between its last write and the
+/// rename) is completed, and the scan goes on with the next segment.
 pub(super) fn partial_tail(
     data_dir: &Path,
     wal_dir: &Path,
     id: &Identity,
-    durable: Durable,
+    mut durable: Durable,
 ) -> Result<Durable, StoreError> {
+    loop {
+        let (next, whole) = scan_partial(data_dir, wal_dir, id, durable)?;
+        if !whole {
+            return Ok(next);
+        }
+        durable = next;
+    }
+}
+
+/// Scans one `.partial` segment: the durable end found, and whether the segment is whole (and
+/// was renamed to its final name).
+fn scan_partial(
+    data_dir: &Path,
+    wal_dir: &Path,
+    id: &Identity,
+    durable: Durable,
+) -> Result<(Durable, bool), StoreError> {
     let seg_size = id.seg_size;
     let segno = durable.lsn.segment(seg_size);
     let name = partial_file_name(durable.timeline, segno, seg_size);
     let path = wal_dir.join(&name);
     let data = match fs::read(&path) {
         Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(durable),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((durable, false)),
         Err(e) => return Err(io_err(format!("read {name}"))(e)),
     };
     let seg_start = Lsn(segno * seg_size);
@@ -72,9 +91,23 @@ pub(super) fn partial_tail(
         );
         metrics::counter!("walrelay_recovery_torn_bytes_total").increment(tail.len() as u64);
     }
-    tracing::info!(segment = %name, valid_end = %end.valid_end, records = end.records, "recovered the segment being written");
-    Ok(Durable {
+    // What was written before the crash may never have been fsynced (a write error drops the
+    // pending fsync): make it durable before anyone is told it is.
+    fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(format!("fsync {name}")))?;
+    let seg_end = Lsn(seg_start.0 + seg_size);
+    let recovered = Durable {
         timeline: durable.timeline,
         lsn: end.valid_end,
-    })
+    };
+    if end.valid_end == seg_end {
+        let full = wal_dir.join(segment_file_name(durable.timeline, segno, seg_size));
+        fs::rename(&path, &full).map_err(io_err(format!("rename {name}")))?;
+        state::fsync_dir(wal_dir).map_err(io_err("fsync wal directory"))?;
+        tracing::info!(segment = %name, "completed a segment that was whole but not yet renamed");
+        return Ok((recovered, true));
+    }
+    tracing::info!(segment = %name, valid_end = %end.valid_end, records = end.records, "recovered the segment being written");
+    Ok((recovered, false))
 }

@@ -50,7 +50,7 @@ impl RelayState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("could not read state file: {0}")]
+    #[error("relay state file: {0}")]
     Io(#[from] std::io::Error),
     #[error("state file is damaged: {0}")]
     Damaged(String),

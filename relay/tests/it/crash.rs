@@ -883,7 +883,6 @@ fn set_state_flush(relay: &Relay, flush: Lsn) {
 /// state is made here exactly as such a kill leaves it: the segment whole but still named
 /// `.partial`, no next segment yet, and `relay.state` saved while that segment was written.
 #[test]
-#[ignore = "relay bug: recovery leaves a whole segment named .partial and forgets the next one"]
 fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
     let primary = PgCluster::init_primary("primary");
     workload::create_table(&primary);
