@@ -275,11 +275,20 @@ async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), Sessio
                 conn.out.extend_from_slice(b"N");
                 conn.flush().await?;
             }
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+            // A second request of the same kind: PostgreSQL reads its code as a protocol
+            // version (1234.5679 or 1234.5680) and refuses it.
+            Ok(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+                let minor = if p == StartupPacket::SslRequest {
+                    5679
+                } else {
+                    5680
+                };
                 return Err(SessionEnd::Fatal(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
-                )))
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol 1234.{minor}: server supports 3.0 to 3.0"
+                    ),
+                )));
             }
             // A cancel request gets no answer; the connection just closes.
             Ok(StartupPacket::Cancel { .. }) => return Err(SessionEnd::ClientGone),
