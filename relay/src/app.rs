@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::config::RelayConfig;
 use crate::downstream::{self, Registry};
@@ -86,20 +86,29 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         cancel.clone(),
         limit_rx,
     ));
-    tracker.spawn(downstream::serve(listener, ctx, tracker.clone()));
-    tracker.spawn(http::serve(
-        http_listener,
-        Arc::new(HttpState {
-            store: store.clone(),
-            registry,
-            upstream: upstream_state,
-            prometheus,
-            failover: (!cfg.failover_standbys.is_empty()).then_some(failover_status),
-        }),
-        cancel.clone(),
-    ));
+    tracker.spawn(
+        downstream::serve(listener, ctx, tracker.clone())
+            .instrument(tracing::info_span!("listener", listen = %cfg.listen)),
+    );
+    tracker.spawn(
+        http::serve(
+            http_listener,
+            Arc::new(HttpState {
+                store: store.clone(),
+                registry,
+                upstream: upstream_state,
+                prometheus,
+                failover: (!cfg.failover_standbys.is_empty()).then_some(failover_status),
+            }),
+            cancel.clone(),
+        )
+        .instrument(tracing::info_span!("http", listen = %cfg.http)),
+    );
 
-    tracker.spawn(retention_task(store.clone(), cfg.retention, cancel.clone()));
+    tracker.spawn(
+        retention_task(store.clone(), cfg.retention, cancel.clone())
+            .instrument(tracing::info_span!("retention")),
+    );
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     wait_for_signal().await;
