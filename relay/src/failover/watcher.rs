@@ -194,7 +194,13 @@ impl FailoverWatcher {
             // Cut at a record end: a downstream never holds part of a record past what the
             // candidates confirmed, so it can never be "ahead" of a promoted candidate's fork
             // point (which is a record end) by a partial record either.
+            // (Everything durable is whole records already, so a limit at or past the durable
+            // end needs no cut; that also keeps a switch record's zero tail servable.)
+            let durable = self.store.durable();
             let new = match limit {
+                Some(lsn) if durable.timeline == tli && lsn >= durable.lsn => {
+                    ServeLimit::UpTo { timeline: tli, lsn }
+                }
                 Some(lsn) => ServeLimit::UpTo {
                     timeline: tli,
                     lsn: self.store.record_end_at_or_before(tli, lsn).unwrap_or(lsn),
