@@ -846,8 +846,10 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         if r.0 > before.0 + 2 * SEG_SIZE {
             return Ok(());
         }
+        // Short bursts: the record must not be finished before the standby has two of its
+        // segments (the WAL writer keeps flushing while the backend is stopped).
         signal("CONT");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
         signal("STOP");
         Err(format!("ha received {r}"))
     });
