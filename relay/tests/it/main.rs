@@ -5,6 +5,7 @@
 //!
 //! Run them with `cargo test --test it`; `WALRELAY_TEST_KEEP=1` keeps a failed test's dirs,
 //! `WALRELAY_TEST_PGBIN` picks another PostgreSQL bin dir (default Debian's 15).
+//! `versions` runs PostgreSQL 16-18 from `scripts/install-pg-versions` when installed.
 
 mod harness;
 
@@ -16,3 +17,4 @@ mod lag;
 mod lifecycle;
 mod restart;
 mod streaming;
+mod versions;

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// Directory holding initdb, pg_ctl, postgres, psql, pg_basebackup and pg_receivewal.
-pub fn pg_bin(program: &str) -> PathBuf {
-    let dir = std::env::var_os("WALRELAY_TEST_PGBIN")
+/// The directory holding initdb, pg_ctl, postgres, psql, pg_basebackup and pg_receivewal:
+/// `WALRELAY_TEST_PGBIN`, else Debian's 15.
+pub fn pg_bin_dir() -> PathBuf {
+    std::env::var_os("WALRELAY_TEST_PGBIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    dir.join(program)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 fn is_root() -> bool {
@@ -45,7 +45,12 @@ fn pg_user() -> String {
 /// (a directory that user can enter), with `PG*` variables and locale cleared so that nothing
 /// from the developer's environment changes what it connects to or how it words its errors.
 pub fn pg_command(program: &str, cwd: &Path) -> Command {
-    let bin = pg_bin(program);
+    pg_command_in(&pg_bin_dir(), program, cwd)
+}
+
+/// [`pg_command`] for the program in another bin dir (another PostgreSQL version).
+pub fn pg_command_in(bin_dir: &Path, program: &str, cwd: &Path) -> Command {
+    let bin = bin_dir.join(program);
     let mut cmd = if is_root() {
         let user = pg_user();
         let mut c = Command::new("setpriv");

@@ -1,11 +1,12 @@
 //! [`PgCluster`]: a real PostgreSQL server in a temp dir, listening on a free loopback port,
 //! with its Unix socket and log file beside its data directory. Primaries come from initdb,
 //! standbys from pg_basebackup with `primary_conninfo` pointing wherever the test says (the
-//! relay, or the primary itself for the harness's own checks).
+//! relay, or the primary itself for the harness's own checks), or from a cold copy of the
+//! primary's data directory for PostgreSQL versions whose bin dir has no pg_basebackup.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -18,15 +19,28 @@ pub struct PgCluster {
     dir: TestDir,
     port: u16,
     running: bool,
+    /// Where its initdb, pg_ctl and postgres are; `None`: the default ([`os::pg_bin_dir`]).
+    bin_dir: Option<PathBuf>,
 }
 
 impl PgCluster {
     /// initdb, configure for replication and start a primary.
     pub fn init_primary(name: &str) -> PgCluster {
+        PgCluster::init_primary_in(name, None)
+    }
+
+    /// [`PgCluster::init_primary`] with the PostgreSQL in `bin_dir` (initdb, pg_ctl and
+    /// postgres; psql stays the default one).
+    pub fn init_primary_with(name: &str, bin_dir: &Path) -> PgCluster {
+        PgCluster::init_primary_in(name, Some(bin_dir.to_path_buf()))
+    }
+
+    fn init_primary_in(name: &str, bin_dir: Option<PathBuf>) -> PgCluster {
         let mut c = PgCluster::new(name);
+        c.bin_dir = bin_dir;
         let data = c.data_dir();
         os::run_ok(
-            os::pg_command("initdb", c.dir.path())
+            c.command("initdb")
                 .arg("-D")
                 .arg(&data)
                 .args([
@@ -75,6 +89,55 @@ impl PgCluster {
                 .args(["-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"]),
             WAIT * 2,
         );
+        c.append_conf(&format!(
+            "# standby settings written by the test harness\n{common}\
+             primary_conninfo = 'host=127.0.0.1 port={upstream_port} user=postgres application_name={name}'\n",
+            common = c.common_conf()
+        ));
+        let signal = data.join("standby.signal");
+        std::fs::write(&signal, "").expect("write standby.signal");
+        os::give_to_pg_user(&signal);
+        c.start();
+        c
+    }
+
+    /// A hot standby made without pg_basebackup (which the npm PostgreSQL builds lack): stops
+    /// `primary` cleanly, copies its data directory, starts it again, and starts the copy with
+    /// the PostgreSQL in `bin_dir` (the primary's version) as a standby whose walreceiver
+    /// connects to `upstream_port` as `application_name = name`. It replays from the
+    /// primary's shutdown checkpoint, so whatever serves `upstream_port` must have that WAL
+    /// (start the relay before making the copy).
+    pub fn cold_copy_standby(
+        primary: &mut PgCluster,
+        name: &str,
+        upstream_port: u16,
+        bin_dir: &Path,
+    ) -> PgCluster {
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "standby name {name:?} must be a plain identifier (it goes into primary_conninfo)"
+        );
+        let mut c = PgCluster::new(name);
+        c.bin_dir = Some(bin_dir.to_path_buf());
+        let data = c.data_dir();
+        primary.stop();
+        // As root, -a keeps the PostgreSQL user as the owner; otherwise we own both anyway.
+        let copied = os::run(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(primary.data_dir())
+                .arg(&data),
+            WAIT,
+        );
+        primary.start();
+        let out = copied.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "copying {} failed: {}",
+            primary.data_dir().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Later settings win: the copy gets its own port and socket dir.
         c.append_conf(&format!(
             "# standby settings written by the test harness\n{common}\
              primary_conninfo = 'host=127.0.0.1 port={upstream_port} user=postgres application_name={name}'\n",
@@ -148,6 +211,15 @@ impl PgCluster {
             dir: TestDir::new(name),
             port: os::free_port(),
             running: false,
+            bin_dir: None,
+        }
+    }
+
+    /// A command for one of this cluster's PostgreSQL programs (initdb, pg_ctl, ...).
+    fn command(&self, program: &str) -> std::process::Command {
+        match &self.bin_dir {
+            Some(dir) => os::pg_command_in(dir, program, self.dir.path()),
+            None => os::pg_command(program, self.dir.path()),
         }
     }
 
@@ -206,7 +278,7 @@ impl PgCluster {
 
     fn pg_ctl(&self, args: &[&str], timeout: Duration) -> Result<(), String> {
         let out = os::run(
-            os::pg_command("pg_ctl", self.dir.path())
+            self.command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(args),

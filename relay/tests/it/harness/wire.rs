@@ -94,6 +94,8 @@ impl From<io::Error> for WireError {
 /// CopyBothResponse, where the reply becomes a stream).
 #[derive(Debug, Default)]
 pub struct QueryResult {
+    /// The RowDescription's columns: (name, type oid).
+    pub columns: Vec<(String, u32)>,
     pub rows: Vec<Vec<Option<String>>>,
     pub error: Option<ServerError>,
     /// A CopyBothResponse (`W`) arrived: the server started streaming.
@@ -211,10 +213,44 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
     Ok(row)
 }
 
+/// A NUL-terminated string at the front of `b`.
+fn cstr(b: &mut Body<'_>) -> Result<String, WireError> {
+    let end =
+        b.0.iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| WireError::Protocol("unterminated string".into()))?;
+    let s = String::from_utf8_lossy(b.take(end)?).into_owned();
+    b.take(1)?;
+    Ok(s)
+}
+
+fn parse_parameter_status(body: &[u8]) -> Result<(String, String), WireError> {
+    let mut b = Body(body);
+    Ok((cstr(&mut b)?, cstr(&mut b)?))
+}
+
+/// (name, type oid) of each column of a RowDescription.
+fn parse_row_description(body: &[u8]) -> Result<Vec<(String, u32)>, WireError> {
+    let mut b = Body(body);
+    let n = b.i16()?;
+    let mut columns = Vec::new();
+    for _ in 0..n {
+        let name = cstr(&mut b)?;
+        // table oid (4), column number (2), then the type oid, size (2), modifier (4), format (2).
+        b.take(6)?;
+        let oid = b.i32()? as u32;
+        b.take(8)?;
+        columns.push((name, oid));
+    }
+    Ok(columns)
+}
+
 /// A physical replication connection (`replication=true`), as walreceiver and pg_receivewal
 /// open it.
 pub struct ReplClient {
     stream: TcpStream,
+    /// The ParameterStatus messages of the startup, in order.
+    parameters: Vec<(String, String)>,
 }
 
 impl ReplClient {
@@ -240,6 +276,7 @@ impl ReplClient {
         msg.extend_from_slice(&196608u32.to_be_bytes());
         msg.extend_from_slice(&params);
         stream.write_all(&msg)?;
+        let mut parameters = Vec::new();
         loop {
             match read_message(&mut stream)? {
                 (b'R', body) => {
@@ -251,8 +288,9 @@ impl ReplClient {
                     }
                 }
                 (b'E', body) => return Err(WireError::Server(ServerError::decode(&body))),
-                (b'Z', _) => return Ok(ReplClient { stream }),
-                (b'S' | b'K' | b'N', _) => {}
+                (b'Z', _) => return Ok(ReplClient { stream, parameters }),
+                (b'S', body) => parameters.push(parse_parameter_status(&body)?),
+                (b'K' | b'N', _) => {}
                 (kind, _) => {
                     return Err(WireError::Protocol(format!(
                         "unexpected {:?} during startup",
@@ -261,6 +299,14 @@ impl ReplClient {
                 }
             }
         }
+    }
+
+    /// The value of a ParameterStatus the server sent during startup (e.g. `server_version`).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Runs one simple query (`Q`) and collects its rows and error.
@@ -283,6 +329,7 @@ impl ReplClient {
             };
             match message {
                 (b'D', body) => result.rows.push(parse_data_row(&body)?),
+                (b'T', body) => result.columns = parse_row_description(&body)?,
                 (b'E', body) => result.error = Some(ServerError::decode(&body)),
                 (b'W', _) => result.copy_both = true,
                 (b'd', _) => {
@@ -290,7 +337,7 @@ impl ReplClient {
                     return Ok(result);
                 }
                 (b'Z', _) => return Ok(result),
-                (b'T' | b'C' | b'N' | b'I' | b'S', _) => {}
+                (b'C' | b'N' | b'I' | b'S', _) => {}
                 (kind, _) => {
                     return Err(WireError::Protocol(format!(
                         "unexpected {:?} in a query reply",
