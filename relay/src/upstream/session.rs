@@ -71,7 +71,14 @@ pub async fn supervise(up: Upstream, cancel: CancellationToken) {
                 up.status.update(|s| s.last_error = Some(format!("{e:#}")));
             }
         }
-        if started.elapsed() > BACKOFF_MAX {
+        // A session that got as far as streaming was a success: the next failure (a failover
+        // soon after another) starts from the shortest wait again.
+        let streamed = up
+            .status
+            .get()
+            .connected_since
+            .is_some_and(|t| t.elapsed().is_ok_and(|e| e <= started.elapsed()));
+        if streamed || started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
         // Jitter spreads the reconnects of many relays after a primary failure.

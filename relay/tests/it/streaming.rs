@@ -66,3 +66,58 @@ fn harness_selfcheck_receivewal_from_primary() {
     workload::create_table(&primary);
     receivewal_identical(&primary, primary.port());
 }
+
+/// A standby with `wal_receiver_create_temp_slot = on` creates `pg_walreceiver_<pid>` on the
+/// relay (`CREATE_REPLICATION_SLOT ... TEMPORARY PHYSICAL (RESERVE_WAL)`, the PID being the
+/// relay's BackendKeyData) and streams through it; the slot is visible with
+/// READ_REPLICATION_SLOT while it streams and gone once the standby disconnects.
+#[test]
+fn standby_with_temporary_slot_streams_through_relay() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    let mut standby = PgCluster::basebackup_standby(&primary, "tempslot", relay.port());
+    standby.psql("alter system set wal_receiver_create_temp_slot = on");
+    standby.restart();
+    workload::insert_rows(&primary, 1..=500);
+    workload::wait_rows(&primary, &standby);
+    let entry = crate::harness::wait_until("the standby to stream with a temporary slot", || {
+        let d = relay.wait_for_downstream("tempslot");
+        match d["slot_name"].as_str() {
+            Some(s) if s.starts_with("pg_walreceiver_") => Ok(s.to_string()),
+            _ => Err(d.to_string()),
+        }
+    });
+    let mut client = crate::harness::wire::ReplClient::connect(relay.port(), "probe")
+        .expect("replication connection to the relay");
+    let read = client
+        .query(&format!("READ_REPLICATION_SLOT {entry}"))
+        .expect("READ_REPLICATION_SLOT");
+    assert_eq!(
+        read.rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("physical"),
+        "{read:?}"
+    );
+    standby.stop();
+    crate::harness::wait_until("the temporary slot to go with its session", || {
+        let r = client
+            .query(&format!("READ_REPLICATION_SLOT {entry}"))
+            .map_err(|e| e.to_string())?;
+        match r
+            .rows
+            .first()
+            .and_then(|row| row.first())
+            .cloned()
+            .flatten()
+        {
+            None => Ok(()),
+            Some(t) => Err(format!("still there: {t}")),
+        }
+    });
+}
