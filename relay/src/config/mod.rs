@@ -169,23 +169,13 @@ fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("invalid --{what} address \"{s}\" (expected ADDR:PORT)"))
 }
 
-/// PostgreSQL's rule for slot names (ReplicationSlotValidateName).
+/// PostgreSQL's rule for slot names (ReplicationSlotValidateName), the same one the relay's own
+/// slots follow.
 pub fn validate_slot_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() {
-        bail!("replication slot name \"{name}\" is too short");
-    }
-    if name.len() > 63 {
-        bail!("replication slot name \"{name}\" is too long");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        bail!(
-            "replication slot name \"{name}\" contains invalid character (replication slot names may only contain lower case letters, numbers, and the underscore character)"
-        );
-    }
-    Ok(())
+    crate::store::slots::validate_name(name).map_err(|e| match e.hint {
+        Some(h) => anyhow::anyhow!("{} ({h})", e.message),
+        None => anyhow::anyhow!(e.message),
+    })
 }
 
 #[cfg(test)]
