@@ -62,12 +62,7 @@ impl Context {
 
     /// The end of WAL that may be served now: durable, and within the failover bound.
     pub fn servable(&self) -> Durable {
-        let d = self.store.durable();
-        let lsn = self.serve_limit.borrow().apply(d.timeline, d.lsn);
-        Durable {
-            timeline: d.timeline,
-            lsn,
-        }
+        self.serve_limit.borrow().apply(self.store.durable())
     }
 
     /// A distinct, non-zero pid for BackendKeyData.

@@ -272,10 +272,7 @@ impl Sender {
         loop {
             let stored = *durable_rx.borrow_and_update();
             let limit = *limit_rx.borrow_and_update();
-            let durable = crate::store::Durable {
-                timeline: stored.timeline,
-                lsn: limit.apply(stored.timeline, stored.lsn),
-            };
+            let durable = limit.apply(stored);
             if self.historic.is_none() && durable.timeline != self.tli {
                 // The relay moved to a new timeline under us: ours is historic now.
                 match historic_end(&self.ctx, self.tli, durable.timeline) {

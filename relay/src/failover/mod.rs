@@ -19,6 +19,7 @@
 pub mod rule;
 pub mod watcher;
 
+use crate::store::Durable;
 use crate::wal::{Lsn, TimeLineId};
 
 /// The most WAL of `timeline` that may be served, or no limit.
@@ -33,10 +34,13 @@ pub enum ServeLimit {
 }
 
 impl ServeLimit {
-    /// The end that may be served on `timeline` whose durable end is `durable`.
-    pub fn apply(self, timeline: TimeLineId, durable: Lsn) -> Lsn {
+    /// What may be served of the durable WAL `durable`.
+    pub fn apply(self, durable: Durable) -> Durable {
         match self {
-            ServeLimit::UpTo { timeline: t, lsn } if t == timeline => durable.min(lsn),
+            ServeLimit::UpTo { timeline, lsn } if timeline == durable.timeline => Durable {
+                timeline,
+                lsn: durable.lsn.min(lsn),
+            },
             _ => durable,
         }
     }
