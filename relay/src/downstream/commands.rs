@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::session::{server_major, Client, Conn, SessionEnd};
+use super::session::{server_major, server_version_num, Client, Conn, SessionEnd};
 use super::{walsender, Context};
 use crate::proto::backend::{self, Column};
 use crate::proto::command::{parse_command, Command, CommandError};
@@ -187,14 +187,10 @@ fn show_value(name: &str, client: &Client) -> Option<(&'static str, String)> {
         "in_hot_standby" => ("in_hot_standby", "on".into()),
         "integer_datetimes" => ("integer_datetimes", "on".into()),
         "server_version" => ("server_version", id.server_version.clone()),
-        "server_version_num" => {
-            let mut parts = id
-                .server_version
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|p| p.parse::<u32>().ok());
-            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            ("server_version_num", (major * 10000 + minor).to_string())
-        }
+        "server_version_num" => (
+            "server_version_num",
+            server_version_num(&id.server_version).to_string(),
+        ),
         "application_name" => ("application_name", client.application_name.clone()),
         "server_encoding" => ("server_encoding", "UTF8".into()),
         "client_encoding" => ("client_encoding", "UTF8".into()),

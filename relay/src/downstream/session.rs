@@ -359,11 +359,18 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 /// The major version number of a `server_version` string (`15.18 (Debian …)` → 15).
 pub fn server_major(version: &str) -> u32 {
-    version
+    server_version_num(version) / 10000
+}
+
+/// `server_version_num` from a `server_version` string, as libpq's PQserverVersion computes it
+/// for 10+: major × 10000 + minor (`15.18 (Debian …)` → 150018).
+pub fn server_version_num(version: &str) -> u32 {
+    let mut parts = version
         .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    major.saturating_mul(10000).saturating_add(minor)
 }
 
 #[cfg(test)]
