@@ -39,6 +39,11 @@ impl Relay {
         let dir = TestDir::new("relay");
         // Made beforehand, as an operator's unit (systemd StateDirectory=) would.
         std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
+        Relay::spawn_in(dir, upstream, slot, extra_args)
+    }
+
+    /// Spawns the relay in `dir`, whose `data` entry is ready.
+    fn spawn_in(dir: TestDir, upstream: &str, slot: &str, extra_args: &[&str]) -> Relay {
         let mut relay = Relay {
             dir,
             upstream: upstream.to_string(),
@@ -283,18 +288,7 @@ impl Relay {
         let dir = TestDir::new("relay");
         std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
             .expect("symlink the relay's data dir");
-        let mut relay = Relay {
-            dir,
-            upstream: upstream.to_string(),
-            slot: slot.to_string(),
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            listen_port: os::free_port(),
-            http_port: os::free_port(),
-            child: None,
-            starts: 0,
-        };
-        relay.spawn();
-        relay
+        Relay::spawn_in(dir, upstream, slot, extra_args)
     }
 
     /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code
