@@ -242,14 +242,6 @@ impl Registry {
     pub fn diverged(&self) -> Vec<DivergedDownstream> {
         self.diverged.lock().map(|v| v.clone()).unwrap_or_default()
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -306,7 +306,7 @@ impl Sender {
                 self.send_chunk(conn, end).await?;
                 keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
                 while let Ok(ev) = self.ev_rx.try_recv() {
-                    if let Some(rd) = self.on_event(conn, ev, end).await? {
+                    if let Some(rd) = self.on_event(conn, ev).await? {
                         return Ok(rd);
                     }
                 }
@@ -332,7 +332,7 @@ impl Sender {
                 }
                 ev = self.ev_rx.recv() => {
                     let ev = ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone));
-                    if let Some(rd) = self.on_event(conn, ev, end).await? {
+                    if let Some(rd) = self.on_event(conn, ev).await? {
                         return Ok(rd);
                     }
                 }
@@ -453,7 +453,6 @@ impl Sender {
         &mut self,
         conn: &mut Conn,
         ev: ClientEvent,
-        _end: Lsn,
     ) -> Result<Option<MsgReader<OwnedReadHalf>>, SessionEnd> {
         self.last_heard = Instant::now();
         self.ping_sent = false;

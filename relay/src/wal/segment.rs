@@ -1,7 +1,7 @@
 //! WAL segment and timeline-history file names (`xlog_internal.h`: XLogFileName,
 //! XLogFromFileName, TLHistoryFileName).
 
-use super::lsn::{Lsn, TimeLineId};
+use super::lsn::TimeLineId;
 
 /// Smallest and largest segment sizes PostgreSQL accepts (`IsValidWalSegSize`).
 pub const MIN_SEG_SIZE: u64 = 1 << 20;
@@ -70,11 +70,6 @@ pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<WalFileName> {
         segno: log * per_id + seg,
         partial,
     })
-}
-
-/// First LSN of a segment.
-pub fn segment_start_lsn(segno: u64, seg_size: u64) -> Lsn {
-    Lsn(segno * seg_size)
 }
 
 /// Formats a segment size the way `SHOW wal_segment_size` does (`16MB`, `1GB`).
