@@ -8,13 +8,13 @@
 
 pub mod app;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod downstream;
 pub mod failover;
 pub mod http;
 pub mod lag;
 pub mod proto;
-pub mod status_cmd;
 pub mod store;
 pub mod upstream;
 pub mod verify;

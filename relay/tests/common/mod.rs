@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use walrelay::status_cmd::{http_get, HttpResponse};
+use walrelay::cmd::status::{http_get, HttpResponse};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walrelay");
 
