@@ -22,7 +22,7 @@ use clap::Args;
 use comfy_table::Table;
 
 use client::ClientError;
-use render::{pretty_json, render, DEFAULT_WIDTH};
+use render::{render, DEFAULT_WIDTH};
 use view::StatusDoc;
 
 /// How long one fetch may take in all: connect, send, read the whole answer.
@@ -113,8 +113,8 @@ fn host_port(addr: &str) -> &str {
     a.trim_end_matches('/')
 }
 
-/// Fetches `/status` and checks it is JSON; returns the text and the parsed document.
-pub async fn fetch_status(addr: &str) -> Result<(String, serde_json::Value), StatusError> {
+/// Fetches `/status` and checks it is JSON; returns the parsed document.
+pub async fn fetch_status(addr: &str) -> Result<serde_json::Value, StatusError> {
     let hp = host_port(addr);
     let bad = |reason: String| StatusError::BadResponse {
         addr: hp.to_string(),
@@ -139,7 +139,7 @@ pub async fn fetch_status(addr: &str) -> Result<(String, serde_json::Value), Sta
     let text = String::from_utf8(resp.body).map_err(|_| bad("/status is not UTF-8".into()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("/status is not JSON: {e}")))?;
-    Ok((text, value))
+    Ok(value)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,11 +153,9 @@ fn terminal_width() -> u16 {
 
 /// One screenful: the table (or JSON) for the current `/status`.
 async fn frame(args: &StatusArgs) -> Result<String, StatusError> {
-    let (text, value) = fetch_status(&args.http).await?;
+    let value = fetch_status(&args.http).await?;
     if args.json {
-        let mut s = pretty_json(&text);
-        s.push('\n');
-        return Ok(s);
+        return Ok(render::json(&value));
     }
     let doc: StatusDoc = serde_json::from_value(value).map_err(|e| StatusError::BadResponse {
         addr: host_port(&args.http).to_string(),

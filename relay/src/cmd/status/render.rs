@@ -1,6 +1,6 @@
 //! What `walrelay status` prints for one `/status` document: the upstream summary, the
 //! failover line, the downstream table (or psql's expanded layout when the terminal is too
-//! narrow for it) and the diverged downstreams.
+//! narrow for it) and the diverged downstreams; or, for `--json`, the document itself.
 //!
 //! Pure: a document and a width in, text out; no I/O, no clock, no terminal query (the caller
 //! measures the terminal). Invariant: every line fits the width whenever a table can be laid
@@ -410,73 +410,19 @@ pub fn render(doc: &StatusDoc, width: u16) -> String {
     out
 }
 
-/// Re-indents valid JSON text the way `serde_json::to_string_pretty` does, but keeping the
-/// keys in the order the relay sent them (a `serde_json::Value` would sort them). Only called
-/// on text that already parsed as JSON.
-pub fn pretty_json(src: &str) -> String {
-    fn newline(out: &mut String, depth: usize) {
-        out.push('\n');
-        for _ in 0..depth {
-            out.push_str("  ");
-        }
-    }
-    let mut out = String::with_capacity(src.len() * 2);
-    let mut depth = 0usize;
-    let mut in_str = false;
-    let mut escaped = false;
-    let mut chars = src.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_str {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_str = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
-                    chars.next();
-                }
-                let close = if c == '{' { '}' } else { ']' };
-                out.push(c);
-                if chars.peek() == Some(&close) {
-                    chars.next();
-                    out.push(close);
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(',');
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_ascii_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out
+/// The `--json` output: the document pretty-printed (two-space indent, as
+/// `serde_json::to_string_pretty` lays it out) with a final newline. Keys stay in the order
+/// the relay sent them: serde_json's `preserve_order` makes a parsed object keep it.
+pub fn json(doc: &serde_json::Value) -> String {
+    // `{:#}` lays out as `to_string_pretty` does, without its Result (it fails only for map
+    // keys that are not strings, which a Value cannot hold).
+    format!("{doc:#}\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::status::view::fixtures::{downstream, upstream};
+    use crate::cmd::status::view::fixtures::{downstream, server_status, upstream};
 
     /// Every line of `s` fits `width` terminal columns.
     fn assert_fits(s: &str, width: u16) {
@@ -664,24 +610,27 @@ mod tests {
     }
 
     #[test]
-    fn pretty_json_keeps_order_and_matches_serde_layout() {
-        let compact =
-            r#"{"b":1,"a":{"z":[1,2,{}],"y":[],"x":"s, {\"q\": [1]}\\"},"c":[{"k":null}]}"#;
-        let p = pretty_json(compact);
-        assert!(p.find("\"b\"").unwrap() < p.find("\"a\"").unwrap(), "{p}");
-        // Same layout as serde_json's pretty printer once keys are in the same order.
-        let sorted =
-            r#"{"a":{"x":"s, {\"q\": [1]}\\","y":[],"z":[1,2,{}]},"b":1,"c":[{"k":null}]}"#;
-        let v: serde_json::Value = serde_json::from_str(sorted).unwrap();
-        assert_eq!(
-            pretty_json(sorted),
-            serde_json::to_string_pretty(&v).unwrap()
+    fn json_is_pretty_in_the_relays_key_order() {
+        // What the relay sends (compact, struct order) comes out as serde_json lays out the
+        // server's own type: same keys, same order, same figures.
+        let status = server_status();
+        let sent: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
+        let mut expected = serde_json::to_string_pretty(&status).unwrap();
+        expected.push('\n');
+        assert_eq!(json(&sent), expected);
+        assert!(
+            expected.starts_with("{\n  \"upstream\": {\n    \"host\": \"h\",\n    \"port\": 5432,")
         );
-        // Already-indented input comes out the same.
-        assert_eq!(pretty_json(&pretty_json(sorted)), pretty_json(sorted));
-        let v2: serde_json::Value = serde_json::from_str(&p).unwrap();
-        let v1: serde_json::Value = serde_json::from_str(compact).unwrap();
-        assert_eq!(v1, v2);
+
+        // Not sorted, whatever the keys; empty containers stay on one line.
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"z":[1,2,{}],"y":[],"x":"s, {\"q\": [1]}\\"}}"#)
+                .unwrap();
+        assert_eq!(
+            json(&v),
+            "{\n  \"b\": 1,\n  \"a\": {\n    \"z\": [\n      1,\n      2,\n      {}\n    ],\n    \"y\": [],\n    \"x\": \"s, {\\\"q\\\": [1]}\\\\\"\n  }\n}\n"
+        );
     }
 
     fn fleet() -> StatusDoc {

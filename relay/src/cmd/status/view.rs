@@ -124,6 +124,9 @@ impl DownstreamView {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::failover::watcher::CandidateJson;
+    use crate::failover::{CandidateState, FailoverStatus};
+    use crate::http::status::{DivergedJson, DownstreamJson, Status, UpstreamJson};
 
     pub(crate) fn upstream() -> UpstreamView {
         UpstreamView {
@@ -164,20 +167,10 @@ pub(crate) mod fixtures {
             replay_lag_bytes: Some(0x130000),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::fixtures::{downstream, upstream};
-    use super::*;
-    use crate::failover::watcher::CandidateJson;
-    use crate::failover::{CandidateState, FailoverStatus};
-    use crate::http::status::{DivergedJson, DownstreamJson, Status, UpstreamJson};
-
-    #[test]
-    fn reads_what_the_server_writes() {
-        // The server's own type, serialised, read back: the read side can't drift from it.
-        let status = Status {
+    /// The server's own document, every section filled in.
+    pub(crate) fn server_status() -> Status {
+        Status {
             upstream: UpstreamJson {
                 host: Some("h".into()),
                 port: Some(5432),
@@ -242,7 +235,19 @@ mod tests {
                 connected: false,
                 last_error: Some("f".into()),
             }),
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{downstream, server_status, upstream};
+    use super::*;
+
+    #[test]
+    fn reads_what_the_server_writes() {
+        // The server's own type, serialised, read back: the read side can't drift from it.
+        let status = server_status();
         let doc: StatusDoc =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(
