@@ -271,34 +271,41 @@ fn display_width(s: &str) -> usize {
 fn column_widths(rows: &[[String; 11]], width: u16) -> Option<[usize; 11]> {
     let gaps = usize::from(GAP) * (COLUMNS.len() - 1);
     let budget = usize::from(width).checked_sub(gaps)?;
-    let mut w = [0usize; 11];
-    let mut min = [0usize; 11];
-    let mut header_wrapped = [0usize; 11];
-    for (i, c) in COLUMNS.iter().enumerate() {
-        let content = rows
-            .iter()
-            .map(|r| display_width(&r[i]))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let header_word = c.header.split(' ').map(display_width).max().unwrap_or(1);
-        w[i] = content.max(display_width(c.header));
-        header_wrapped[i] = content.max(header_word);
-        min[i] = if c.wraps {
-            content.min(MIN_WRAPPED_WIDTH)
-        } else {
-            content
+    // Widest cell per column, at least 1 (an empty column still takes a place).
+    let mut content = [1usize; 11];
+    for r in rows {
+        for (m, cell) in content.iter_mut().zip(r) {
+            *m = (*m).max(display_width(cell));
         }
-        .max(header_word);
+    }
+    let header_word = |c: &Column| c.header.split(' ').map(display_width).max().unwrap_or(1);
+    let mut w = content;
+    let mut header_wrapped = content;
+    let mut min = content;
+    for (((c, w), wrapped), min) in COLUMNS
+        .iter()
+        .zip(&mut w)
+        .zip(&mut header_wrapped)
+        .zip(&mut min)
+    {
+        *w = (*w).max(display_width(c.header));
+        *wrapped = (*wrapped).max(header_word(c));
+        if c.wraps {
+            *min = (*min).min(MIN_WRAPPED_WIDTH);
+        }
+        *min = (*min).max(header_word(c));
     }
     if w.iter().sum::<usize>() > budget {
         w = header_wrapped;
     }
     while w.iter().sum::<usize>() > budget {
-        let widest = (0..COLUMNS.len())
-            .filter(|&i| w[i] > min[i])
-            .max_by_key(|&i| w[i])?;
-        w[widest] -= 1;
+        // The last of the widest that may still shrink.
+        let (widest, _) = w
+            .iter_mut()
+            .zip(&min)
+            .filter(|(w, min)| **w > **min)
+            .max_by_key(|(w, _)| **w)?;
+        *widest -= 1;
     }
     Some(w)
 }
@@ -319,10 +326,10 @@ fn render_table(rows: &[[String; 11]], width: u16) -> Option<String> {
     for r in rows {
         table.add_row(r.iter().map(Cell::new));
     }
-    for (i, c) in COLUMNS.iter().enumerate() {
+    for (i, (c, col_width)) in COLUMNS.iter().zip(widths).enumerate() {
         let pad = if i + 1 == COLUMNS.len() { 0 } else { GAP };
         // The constraint counts the cell's padding (here: the gap after it).
-        let w = u16::try_from(widths[i])
+        let w = u16::try_from(col_width)
             .unwrap_or(u16::MAX)
             .saturating_add(pad);
         if let Some(column) = table.column_mut(i) {
