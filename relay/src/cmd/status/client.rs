@@ -4,8 +4,10 @@
 //!
 //! It is hyper's connection-level client (`hyper::client::conn::http1`; hyper is in the tree
 //! already as axum's server), so framing is hyper's: `Content-Length`, chunked or
-//! close-delimited bodies, interim `1xx` answers skipped, malformed heads refused. No pool, no
-//! redirects, no TLS: one request to a loopback-ish address is all either caller needs.
+//! close-delimited bodies, interim answers (`100 Continue`, `103`) skipped, malformed heads
+//! refused. No pool, no redirects, no TLS: one request to a loopback-ish address is all either
+//! caller needs. [`get`] is async; [`get_blocking`] serves synchronous callers (the command's
+//! tests, the acceptance-test harness).
 //!
 //! Invariants:
 //! - The deadline bounds everything, name lookup and connect included; the connection is
@@ -13,8 +15,9 @@
 //!   the exchange is left running.
 //! - Memory is bounded whatever answers: hyper caps the head (100 header fields, a few hundred
 //!   KiB of buffer), [`MAX_BODY`] caps the body.
-//! - Errors come in three kinds a caller can act on ([`ClientError`]): nothing reachable, no
-//!   (complete) answer in time, or an answer that is not well-formed HTTP.
+//! - Errors say what a caller can act on ([`ClientError`]): nothing reachable, no answer in
+//!   time, an answer that is not well-formed HTTP (or cut short), a request that can't be
+//!   written. Nothing from the network is unwrapped or indexed: hyper parses, we map errors.
 
 use std::error::Error as _;
 use std::io;
@@ -43,7 +46,8 @@ pub struct Response {
 /// after 5s"), without the address: the caller knows which address it asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The address did not resolve, or no connection could be made before the deadline.
+    /// The address did not resolve, or no connection could be made before the deadline (or,
+    /// for [`get_blocking`], no runtime could be started to make one).
     #[error("could not connect: {0}")]
     Connect(String),
     /// Connected, but the request could not be sent or the whole answer did not arrive in
@@ -58,21 +62,10 @@ pub enum ClientError {
     InvalidRequest(String),
 }
 
-impl ClientError {
-    /// The reason alone, for a caller that words the rest itself.
-    pub fn reason(&self) -> &str {
-        match self {
-            ClientError::Connect(r)
-            | ClientError::NoAnswer(r)
-            | ClientError::BadResponse(r)
-            | ClientError::InvalidRequest(r) => r,
-        }
-    }
-}
-
 /// `GET path` from `addr` (`host:port`; a name is resolved and each address tried in turn),
 /// the whole exchange bounded by `timeout`. Any status code is a [`Response`]; telling a 404
-/// from a 200 is the caller's business.
+/// from a 200 is the caller's business. Sends `Host: addr`, `Accept: application/json` and
+/// `Connection: close` (the server closes after answering, which ends the connection).
 pub async fn get(addr: &str, path: &str, timeout: Duration) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
     let stream = match timeout_at(deadline, connect(addr)).await {
@@ -127,7 +120,8 @@ async fn exchange(
     timeout: Duration,
 ) -> Result<Response, ClientError> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        // The same bytes on the wire as `Host:`, `User-Agent:`, … written by hand.
+        // `Host:`, `User-Agent:`, … as the hand-written client this replaced sent them:
+        // servers don't mind either way, but captures and server logs stay the same.
         .title_case_headers(true)
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await

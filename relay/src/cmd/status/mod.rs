@@ -1,10 +1,13 @@
 //! `walrelay status`: reads `GET /status` from a running relay and prints it as a table that
 //! fits the terminal (or as the JSON document itself with `--json`), once or every few seconds.
 //!
-//! This file owns the command: its arguments, the fetch (one GET through [`client`], bounded
-//! by [`FETCH_TIMEOUT`]), the checks that the answer is a relay's `/status`, the watch loop and
-//! the exit codes. The document's shape is in [`view`], the text in [`render`]; [`client`] is
-//! the crate's one HTTP client, public for the tests as well.
+//! This file owns the command: its arguments, the fetch (one GET through [`client`], 5 s for
+//! the whole exchange), the checks that the answer is a relay's `/status`, the watch loop and
+//! the exit codes. The document's shape is in [`view`], the text in [`render`](mod@render);
+//! [`client`] is the crate's one HTTP client, public for the tests as well.
+//!
+//! The command is synchronous (it prints, sleeps, exits); its fetches run on one
+//! current-thread Tokio runtime made at the start, because the client is async.
 //!
 //! Exit codes: 0 printed, 2 relay not reachable (connect failed, no answer in time), 1 anything
 //! else (an HTTP error, something that is not a relay's `/status`).
