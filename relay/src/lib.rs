@@ -4,7 +4,8 @@
 //! to [`store`] (segment files on disk, one writer, durable position published after fsync),
 //! which [`downstream`] (a walsender for standbys, pg_receivewal and other relays) serves.
 //! [`wal`] and [`proto`] hold the PostgreSQL formats and wire codec and do no I/O; [`lag`]
-//! measures replicas, [`http`] reports, [`config`] and [`cli`] take the operator's settings.
+//! measures replicas, [`http`] reports, [`config`] and [`cli`] take the operator's settings;
+//! [`cmd`] holds the operator commands other than `run` (`status`, `passwd`, `check-config`).
 
 pub mod app;
 pub mod cli;
