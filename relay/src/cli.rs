@@ -28,7 +28,7 @@ pub enum Command {
         user: Option<String>,
     },
     /// Per-replica lag table (or JSON) read from a running relay's /status.
-    Status(crate::status_cmd::StatusArgs),
+    Status(crate::cmd::status::StatusArgs),
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, env = "WALRELAY_CONFIG")]

@@ -62,34 +62,15 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Passwd { user } => {
-            let mut line = String::new();
-            if let Err(e) = std::io::stdin().read_line(&mut line) {
-                return fail(anyhow::Error::new(e).context("read password from stdin"));
-            }
-            let password = line.trim_end_matches(['\n', '\r']);
-            if password.is_empty() {
-                return fail(anyhow::anyhow!("empty password"));
-            }
-            let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-            match user {
-                Some(u) => println!("{u} = \"{verifier}\""),
-                None => println!("{verifier}"),
-            }
-            ExitCode::SUCCESS
-        }
-        Command::Status(args) => walrelay::status_cmd::run(args),
-        Command::CheckConfig { config } => {
-            let r =
-                FileConfig::load(&config).and_then(|f| RelayConfig::build(f, Overrides::default()));
-            match r {
-                Ok(_) => {
-                    eprintln!("{}: configuration is valid", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
+        Command::Passwd { user } => match walrelay::cmd::passwd::run(user.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Status(args) => walrelay::cmd::status::run(args),
+        Command::CheckConfig { config } => match walrelay::cmd::check_config::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Command::Verify { data_dir } => match walrelay::verify::run(&data_dir) {
             Ok(report) => report.finish(),
             Err(e) => {

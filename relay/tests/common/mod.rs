@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use walrelay::status_cmd::{http_get, HttpResponse};
+use walrelay::cmd::status::client::{get_blocking, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walrelay");
 
@@ -65,7 +65,7 @@ impl Relay {
                 let log = std::fs::read_to_string(log).unwrap_or_default();
                 panic!("walrelay run exited early ({status}):\n{log}");
             }
-            if let Ok(r) = http_get(&self.http, "/healthz", Duration::from_secs(1)) {
+            if let Ok(r) = get_blocking(&self.http, "/healthz", Duration::from_secs(1)) {
                 if r.status == 200 {
                     return;
                 }
@@ -82,8 +82,8 @@ impl Relay {
 
     /// `GET path`, expecting 200; the body as text.
     pub fn get(&self, path: &str) -> String {
-        let r: HttpResponse =
-            http_get(&self.http, path, Duration::from_secs(5)).expect("GET from the relay");
+        let r: Response =
+            get_blocking(&self.http, path, Duration::from_secs(5)).expect("GET from the relay");
         assert_eq!(r.status, 200, "GET {path}");
         String::from_utf8(r.body).expect("UTF-8 body")
     }
