@@ -11,10 +11,12 @@ mod harness;
 
 mod bad_clients;
 mod crash;
+mod dashboard_metrics;
 mod failover;
 mod fanout;
 mod lag;
 mod lifecycle;
 mod restart;
+mod status_cli;
 mod streaming;
 mod versions;
