@@ -19,4 +19,5 @@ mod lifecycle;
 mod restart;
 mod status_cli;
 mod streaming;
+mod upstream_connection;
 mod versions;

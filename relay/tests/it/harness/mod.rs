@@ -1,6 +1,6 @@
 //! Test harness for the acceptance tests: real PostgreSQL clusters ([`pg`]), the walrelay
-//! binary ([`relay`]), pg_receivewal ([`receivewal`]), a raw protocol client ([`wire`]) and a
-//! tiny HTTP client ([`http`]).
+//! binary ([`relay`]), pg_receivewal ([`receivewal`]), a raw protocol client ([`wire`]), a
+//! tiny HTTP client ([`http`]) and test certificates ([`tls`]).
 //!
 //! Every running thing is a guard: dropping it stops its processes (also when the test panics),
 //! and a failing test prints the tail of each guard's log. Waits poll with a generous timeout
@@ -11,6 +11,7 @@ pub mod os;
 pub mod pg;
 pub mod receivewal;
 pub mod relay;
+pub mod tls;
 pub mod wire;
 pub mod workload;
 

@@ -11,6 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::os::{self, TestDir};
+use super::tls::TestCerts;
 use super::{wait_until, WAIT};
 
 /// A PostgreSQL cluster. Dropping it stops the server (`pg_ctl stop -m immediate`).
@@ -240,7 +241,9 @@ impl PgCluster {
         )
     }
 
-    fn append_conf(&self, text: &str) {
+    /// Appends settings to `postgresql.conf` (later lines win); they take effect at the next
+    /// [`PgCluster::restart`] or reload.
+    pub fn append_conf(&self, text: &str) {
         let path = self.data_dir().join("postgresql.conf");
         let mut f = OpenOptions::new()
             .append(true)
@@ -248,6 +251,26 @@ impl PgCluster {
             .expect("open postgresql.conf");
         f.write_all(text.as_bytes())
             .expect("append to postgresql.conf");
+    }
+
+    /// Replaces `pg_hba.conf`; takes effect at the next restart or reload. Keep a line that
+    /// lets the harness's psql in (`host all postgres 127.0.0.1/32 trust`).
+    pub fn write_hba(&self, hba: &str) {
+        std::fs::write(self.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    }
+
+    /// Turns TLS on with `certs`' server certificate and restarts the server.
+    pub fn enable_ssl(&mut self, certs: &TestCerts) {
+        self.append_conf(&format!(
+            "# TLS, written by the test harness
+ssl = on
+ssl_cert_file = '{}'
+ssl_key_file = '{}'
+",
+            certs.server_cert().display(),
+            certs.server_key().display()
+        ));
+        self.restart();
     }
 
     pub fn port(&self) -> u16 {
