@@ -3,22 +3,14 @@
 //! finds the new primary by itself, moves WAL past the new primary's fork point aside, follows
 //! the timeline switch and carries its downstreams across it, which nobody touches.
 
-use std::path::Path;
-
 use serde_json::Value;
 use walrelay::wal::segment::{partial_file_name, segment_file_name};
 use walrelay::wal::Lsn;
 
+use crate::harness::os;
 use crate::harness::receivewal::{assert_file_matches, assert_same_file};
 use crate::harness::wire::ReplClient;
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
-
-/// PostgreSQL's default `wal_segment_size`, which the harness's clusters use.
-const SEG_SIZE: u64 = 16 << 20;
-
-/// Keeps a server's WAL from the current position on, so that its segments can be compared
-/// with the relay's and pg_receivewal's copies later.
-const PIN_WAL: &str = "select pg_create_physical_replication_slot('pin_wal', true)";
+use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay, SEG_SIZE};
 
 /// A conninfo listing `servers` in this order that accepts only a writable server, as an
 /// operator configures a relay in front of a primary and its HA standbys.
@@ -83,44 +75,7 @@ fn cut_off(primary: &PgCluster, ha: &PgCluster, name: &str) -> Lsn {
         &format!("select count(*) from pg_stat_replication where application_name = '{name}'"),
         "0",
     );
-    lsn(
-        "the HA standby's received LSN",
-        &ha.psql("select pg_last_wal_receive_lsn()"),
-    )
-}
-
-/// The current WAL flush position of a primary.
-fn flush_lsn(primary: &PgCluster) -> Lsn {
-    lsn(
-        "pg_current_wal_flush_lsn()",
-        &primary.psql("select pg_current_wal_flush_lsn()"),
-    )
-}
-
-/// Waits until the relay has made everything up to `target` durable.
-fn wait_relay_flushed(relay: &Relay, target: Lsn) -> Lsn {
-    wait_until(&format!("the relay to flush up to {target}"), || {
-        let flushed = relay.status_lsn("/upstream/flushed_lsn");
-        if flushed >= target {
-            Ok(flushed)
-        } else {
-            Err(format!("flushed_lsn {flushed}"))
-        }
-    })
-}
-
-/// Where `timeline` forked from its parent on the promoted `server`: the switch point in its
-/// history file (the last line's second field).
-fn fork_point(server: &PgCluster, timeline: u32) -> Lsn {
-    let path = server.pg_wal_dir().join(format!("{timeline:08X}.history"));
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let field = text
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| l.split('\t').nth(1))
-        .unwrap_or_else(|| panic!("{} has no switch point: {text:?}", path.display()));
-    lsn("switch point", field)
+    ha.receive_lsn()
 }
 
 /// The application names `/status` lists in `diverged_downstreams`.
@@ -152,7 +107,7 @@ fn assert_no_diverged_downstreams(relay: &Relay) {
 /// The relay never moved WAL aside: nothing in `diverged/`, no divergence counted or logged.
 fn assert_relay_not_diverged(relay: &Relay) {
     assert_eq!(
-        files_in(&relay.data_dir().join("diverged")),
+        os::files_in(&relay.data_dir().join("diverged")),
         Vec::<String>::new(),
         "the relay moved WAL to diverged/"
     );
@@ -172,19 +127,6 @@ fn assert_relay_not_diverged(relay: &Relay) {
 /// the segment file name `segment` (same timeline).
 fn segment_after(name: &str, segment: &str) -> bool {
     name.get(..24).is_some_and(|n| n > segment)
-}
-
-/// Names of the files in `dir` (none when it does not exist), sorted.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// pg_receivewal followed the switch to `timeline` through the relay, on its one connection
@@ -239,7 +181,7 @@ fn assert_switched_segment_identical(
         if ours.exists() {
             Ok(())
         } else {
-            Err(format!("{:?}", files_in(&relay.data_dir().join("wal"))))
+            Err(format!("{:?}", os::files_in(&relay.data_dir().join("wal"))))
         }
     });
     assert_same_file(&ours, &primary.pg_wal_dir().join(&segment));
@@ -271,8 +213,8 @@ fn clean_switchover_carries_downstreams() {
 
     primary.stop();
     ha.promote();
-    ha.psql(PIN_WAL);
-    let fork = fork_point(&ha, 2);
+    ha.pin_wal();
+    let fork = ha.fork_point(2);
     wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 501..=1000);
     for standby in [&standby1, &standby2] {
@@ -321,12 +263,12 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
     workload::switch_wal(&primary);
     workload::insert_rows(&primary, 1001..=1500);
     workload::wait_rows(&primary, &standby1);
-    let relay_end = wait_relay_flushed(&relay, flush_lsn(&primary));
+    let relay_end = relay.wait_flushed(primary.flush_lsn());
 
     primary.kill9();
     ha.promote();
-    ha.psql(PIN_WAL);
-    let fork = fork_point(&ha, 2);
+    ha.pin_wal();
+    let fork = ha.fork_point(2);
     assert!(
         fork <= ha_end && fork < relay_end,
         "fork {fork}: the HA standby received up to {ha_end}, the relay {relay_end}"
@@ -336,7 +278,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
     // The relay's own WAL past the fork: moved aside, logged, counted.
     let line = relay.wait_for_log("moved it to diverged/");
     eprintln!("relay: {line}");
-    let diverged = files_in(&relay.data_dir().join("diverged"));
+    let diverged = os::files_in(&relay.data_dir().join("diverged"));
     let fork_segment = segment_file_name(1, fork.segment(SEG_SIZE), SEG_SIZE);
     assert!(
         diverged.iter().any(|f| f.starts_with(&fork_segment))
@@ -372,7 +314,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         panic!(
             "read {}: {e} (wal/: {:?})",
             partial.display(),
-            files_in(&wal)
+            os::files_in(&wal)
         )
     });
     let theirs_path = ha
@@ -392,7 +334,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         "{} holds bytes past the fork {fork}",
         partial.display()
     );
-    let left: Vec<String> = files_in(&wal)
+    let left: Vec<String> = os::files_in(&wal)
         .into_iter()
         .filter(|f| f.starts_with("00000001") && segment_after(f, &fork_segment))
         .collect();
@@ -490,7 +432,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
     workload::insert_rows(&primary, 501..=1000);
     workload::switch_wal(&primary);
     workload::insert_rows(&primary, 1001..=1500);
-    let relay_end = wait_relay_flushed(&relay, flush_lsn(&primary));
+    let relay_end = relay.wait_flushed(primary.flush_lsn());
     // Everything is durable on the relay now: what it would serve, it has served.
     let status = relay.status();
     let limit = lsn(
@@ -507,10 +449,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
         assert!(sent <= limit, "downstream {d} was sent WAL past {limit}");
     }
     for standby in [&standby1, &standby2] {
-        let received = lsn(
-            "pg_last_wal_receive_lsn()",
-            &standby.psql("select pg_last_wal_receive_lsn()"),
-        );
+        let received = standby.receive_lsn();
         assert!(
             received <= limit,
             "a standby received {received}, past {limit}"
@@ -525,7 +464,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
 
     primary.kill9();
     ha.promote();
-    let fork = fork_point(&ha, 2);
+    let fork = ha.fork_point(2);
     assert!(limit <= fork, "served up to {limit}, past the fork {fork}");
     wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 1501..=2000);
@@ -576,7 +515,7 @@ fn two_failovers_in_a_row() {
 
     ha1.stop();
     ha2.promote();
-    ha2.psql(PIN_WAL);
+    ha2.pin_wal();
     wait_upstream(&relay, ha2.port(), 3);
     workload::insert_rows(&ha2, 1001..=1500);
     workload::wait_rows(&ha2, &standby1);
@@ -653,7 +592,7 @@ fn relay_killed_during_failover_converges() {
     let mut ha = PgCluster::ha_standby(&primary, "ha");
     // Physical slots can be made on a standby; this one keeps the timeline 1 WAL that the
     // relay will ask the new primary for.
-    ha.psql(PIN_WAL);
+    ha.pin_wal();
     let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
     relay.wait_ready();
     let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
@@ -703,7 +642,7 @@ fn assert_receivewal_followed_after_reconnect(receiver: &ReceiveWal, new_primary
 fn other_cluster_refused() {
     let mut primary = PgCluster::init_primary("primary");
     workload::create_table(&primary);
-    primary.psql(PIN_WAL);
+    primary.pin_wal();
     let other = PgCluster::init_primary("other");
     workload::create_table(&other);
     workload::insert_rows(&other, 1..=1000);
@@ -768,7 +707,7 @@ fn other_cluster_refused() {
     );
     assert_switched_segment_identical(&primary, 1, &relay, None);
     let wal = relay.data_dir().join("wal");
-    let completed: Vec<String> = files_in(&wal)
+    let completed: Vec<String> = os::files_in(&wal)
         .into_iter()
         .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
@@ -806,7 +745,7 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
     workload::insert_rows(&primary, 1..=500);
     workload::wait_rows(&primary, &ha);
     workload::wait_rows(&primary, &standby1);
-    let before = flush_lsn(&primary);
+    let before = primary.flush_lsn();
 
     // One WAL record of 400 MB: while the backend copies it into the WAL buffers, finished
     // segments are flushed and the walsenders send them.
@@ -826,12 +765,6 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         )
         .parse()
         .expect("a pid");
-    let received = |server: &PgCluster| {
-        lsn(
-            "pg_last_wal_receive_lsn()",
-            &server.psql("select pg_last_wal_receive_lsn()"),
-        )
-    };
     // The backend runs in short bursts between SIGSTOPs until the HA standby has received
     // two segments of the record, so it is frozen mid-record however fast or loaded the
     // machine is.
@@ -842,7 +775,7 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         big.join()
     );
     wait_until("ha to receive part of the big record", || {
-        let r = received(&ha);
+        let r = ha.receive_lsn();
         if r.0 > before.0 + 2 * SEG_SIZE {
             return Ok(());
         }
@@ -854,8 +787,8 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         Err(format!("ha received {r}"))
     });
     let settled = wait_until("the stream to settle mid-record", || {
-        let flushed = flush_lsn(&primary);
-        let ha_at = received(&ha);
+        let flushed = primary.flush_lsn();
+        let ha_at = ha.receive_lsn();
         if ha_at == flushed {
             Ok(flushed)
         } else {
@@ -871,21 +804,18 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
             Err(format!("relay received {r}"))
         }
     });
-    let standby_at = received(&standby1);
+    let standby_at = standby1.receive_lsn();
     assert!(
         standby_at < relay_has,
         "standby1 received {standby_at}: part of the unfinished record the relay holds up to {relay_has}"
     );
     primary.kill9();
     let _ = big.join();
-    let replayed = lsn(
-        "pg_last_wal_replay_lsn()",
-        &standby1.psql("select pg_last_wal_replay_lsn()"),
-    );
+    let replayed = standby1.replay_lsn();
 
     ha.promote();
-    let fork = fork_point(&ha, 2);
-    let standby_at = received(&standby1);
+    let fork = ha.fork_point(2);
+    let standby_at = standby1.receive_lsn();
     eprintln!("fork {fork}; primary flushed {settled}; standby1 received {standby_at}, replayed {replayed}");
     assert!(
         standby_at <= fork && fork < settled,
@@ -949,13 +879,13 @@ fn relay_chain_heals_after_divergence() {
     workload::wait_rows(&primary, &standby1);
     primary.kill9();
     ha.promote();
-    let fork = fork_point(&ha, 2);
+    let fork = ha.fork_point(2);
     wait_upstream(&relay_a, ha.port(), 2);
     wait_upstream(&relay_b, relay_a.port(), 2);
     for relay in [&relay_a, &relay_b] {
         let line = relay.wait_for_log("moved it to diverged/");
         eprintln!("{line}");
-        assert!(!files_in(&relay.data_dir().join("diverged")).is_empty());
+        assert!(!os::files_in(&relay.data_dir().join("diverged")).is_empty());
         assert_same_file(
             &relay.data_dir().join("wal/00000002.history"),
             &ha.pg_wal_dir().join("00000002.history"),
@@ -1039,7 +969,7 @@ fn failover_standby_without_stats_privilege_is_reported() {
     relay.wait_ready();
     // Writes make the watcher read pg_stat_replication again.
     workload::insert_rows(&primary, 1..=100);
-    wait_relay_flushed(&relay, flush_lsn(&primary));
+    relay.wait_flushed(primary.flush_lsn());
     let status = relay.wait_status("the watcher to have read the primary", |s| {
         s["failover"]["connected"] == true
     });

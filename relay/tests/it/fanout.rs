@@ -1,10 +1,7 @@
 //! Several downstreams share the relay's one upstream connection, and one of them coming and
 //! going disturbs none of the others.
 
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
-
-const RELAY_SLOT_RESTART_LSN: &str =
-    "select restart_lsn from pg_replication_slots where slot_name = 'relay'";
+use crate::harness::{wait_until, workload, PgCluster, ReceiveWal, Relay};
 
 #[test]
 fn many_downstreams_one_upstream() {
@@ -26,10 +23,9 @@ fn many_downstreams_one_upstream() {
         "select count(*) from pg_stat_replication",
         "1",
     );
-    let slot_before = lsn(
-        "relay slot restart_lsn",
-        &primary.psql(RELAY_SLOT_RESTART_LSN),
-    );
+    let slot_before = primary
+        .slot_restart_lsn("relay")
+        .expect("the relay's slot on the primary");
     let receiver_a = standby_a.psql("select pid from pg_stat_wal_receiver");
 
     // standby_b goes away and comes back while rows are written.
@@ -63,10 +59,9 @@ fn many_downstreams_one_upstream() {
         "the primary streams to the relay only"
     );
     wait_until("the relay's slot on the primary to advance", || {
-        let now = lsn(
-            "relay slot restart_lsn",
-            &primary.psql(RELAY_SLOT_RESTART_LSN),
-        );
+        let now = primary
+            .slot_restart_lsn("relay")
+            .expect("the relay's slot on the primary");
         if now > slot_before {
             Ok(now)
         } else {

@@ -1,7 +1,7 @@
 //! A relay stopped and started again resumes where it was, and its standbys follow by
 //! themselves.
 
-use crate::harness::{lsn, wait_until, workload, PgCluster, Relay};
+use crate::harness::{workload, PgCluster, Relay};
 
 #[test]
 fn relay_restart_resumes() {
@@ -13,18 +13,7 @@ fn relay_restart_resumes() {
     workload::insert_rows(&primary, 1..=100);
     workload::wait_rows(&primary, &standby);
 
-    let written = lsn(
-        "primary flush LSN",
-        &primary.psql("select pg_current_wal_flush_lsn()"),
-    );
-    let flushed = wait_until("the relay to report the rows flushed", || {
-        let flushed = relay.status_lsn("/upstream/flushed_lsn");
-        if flushed >= written {
-            Ok(flushed)
-        } else {
-            Err(format!("flushed_lsn {flushed} < primary's {written}"))
-        }
-    });
+    let flushed = relay.wait_flushed(primary.flush_lsn());
     let status = relay.stop();
     assert!(
         status.success(),

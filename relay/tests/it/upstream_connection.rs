@@ -20,9 +20,8 @@ use walrelay::wal::Lsn;
 
 use crate::harness::os::free_port;
 use crate::harness::tls::TestCerts;
-use crate::harness::PgCluster;
+use crate::harness::{PgCluster, SEG_SIZE};
 
-const SEG_SIZE: u64 = 16 << 20;
 const MD5_PW: &str = "md5 secret";
 const SCRAM_PW: &str = "scram's secret";
 

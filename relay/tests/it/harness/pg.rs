@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use super::os::{self, TestDir};
 use super::tls::TestCerts;
-use super::{wait_until, WAIT};
+use walrelay::wal::Lsn;
+
+use super::{lsn, wait_until, WAIT};
 
 /// A PostgreSQL cluster. Dropping it stops the server (`pg_ctl stop -m immediate`).
 pub struct PgCluster {
@@ -194,6 +196,66 @@ impl PgCluster {
             "select pg_is_in_recovery()",
             "f",
         );
+    }
+
+    /// `alter system set NAME = 'VALUE'` and a reload: for settings a reload applies.
+    pub fn alter_system(&self, name: &str, value: &str) {
+        self.psql(&format!("alter system set {name} = '{value}'"));
+        self.psql("select pg_reload_conf()");
+    }
+
+    /// A physical slot `pin_wal` reserving WAL from now on, so that this server's segments are
+    /// still there to be compared with the relay's and pg_receivewal's copies later (on a
+    /// standby too: it keeps the WAL a relay will ask it for once promoted).
+    pub fn pin_wal(&self) {
+        self.psql("select pg_create_physical_replication_slot('pin_wal', true)");
+    }
+
+    /// `pg_current_wal_flush_lsn()` (a primary).
+    pub fn flush_lsn(&self) -> Lsn {
+        lsn(
+            "pg_current_wal_flush_lsn()",
+            &self.psql("select pg_current_wal_flush_lsn()"),
+        )
+    }
+
+    /// `pg_last_wal_receive_lsn()` (a standby).
+    pub fn receive_lsn(&self) -> Lsn {
+        lsn(
+            "pg_last_wal_receive_lsn()",
+            &self.psql("select pg_last_wal_receive_lsn()"),
+        )
+    }
+
+    /// `pg_last_wal_replay_lsn()` (a standby).
+    pub fn replay_lsn(&self) -> Lsn {
+        lsn(
+            "pg_last_wal_replay_lsn()",
+            &self.psql("select pg_last_wal_replay_lsn()"),
+        )
+    }
+
+    /// The `restart_lsn` of the physical slot `slot` here (for a relay's slot: the flush
+    /// position the relay last acknowledged); `None` when there is no such slot or no LSN.
+    pub fn slot_restart_lsn(&self, slot: &str) -> Option<Lsn> {
+        let out = self.psql(&format!(
+            "select restart_lsn from pg_replication_slots where slot_name = '{slot}'"
+        ));
+        (!out.is_empty()).then(|| lsn("slot restart_lsn", &out))
+    }
+
+    /// Where `timeline` forked from its parent on this promoted server: the switch point in
+    /// its history file (the last line's second field).
+    pub fn fork_point(&self, timeline: u32) -> Lsn {
+        let path = self.pg_wal_dir().join(format!("{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let field = text
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .and_then(|l| l.split('\t').nth(1))
+            .unwrap_or_else(|| panic!("{} has no switch point: {text:?}", path.display()));
+        lsn("switch point", field)
     }
 
     /// The cluster's system identifier (`pg_control_system()`).

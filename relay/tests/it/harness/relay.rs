@@ -9,10 +9,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 
 use serde_json::Value;
+use walrelay::wal::segment::{parse_wal_file_name, WalFileName};
 use walrelay::wal::Lsn;
 
 use super::os::{self, TestDir};
-use super::{http, lsn, wait_until, WAIT};
+use super::wire::ReplClient;
+use super::{http, lsn, wait_until, SEG_SIZE, WAIT};
 
 /// A running (or stopped) walrelay process. Dropping it kills the process.
 pub struct Relay {
@@ -212,6 +214,19 @@ impl Relay {
         lsn(&format!("/status {pointer}"), text)
     }
 
+    /// Waits until `/status` says everything up to `target` is durable; returns the
+    /// `flushed_lsn` it saw.
+    pub fn wait_flushed(&self, target: Lsn) -> Lsn {
+        wait_until(&format!("the relay to flush up to {target}"), || {
+            let flushed = self.status_lsn("/upstream/flushed_lsn");
+            if flushed >= target {
+                Ok(flushed)
+            } else {
+                Err(format!("flushed_lsn {flushed}"))
+            }
+        })
+    }
+
     /// Polls `/status` until `done` accepts it; returns that document.
     pub fn wait_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         wait_until(&format!("/status: {what}"), || {
@@ -276,6 +291,48 @@ impl Relay {
         })
     }
 
+    /// Segment files in the store's `wal/` (complete and `.partial`), as `(name without the
+    /// suffix, partial)`, sorted by name.
+    pub fn segments(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = os::files_in(&self.data_dir().join("wal"))
+            .into_iter()
+            .filter_map(|n| match parse_wal_file_name(&n, SEG_SIZE) {
+                Some(WalFileName::Segment { partial, .. }) => {
+                    Some((n.trim_end_matches(".partial").to_string(), partial))
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Creates a physical slot on the relay that reserves WAL from its current end
+    /// (`CREATE_REPLICATION_SLOT slot PHYSICAL RESERVE_WAL`).
+    pub fn create_slot(&self, slot: &str) {
+        let mut client =
+            ReplClient::connect(self.port(), "test_slot_admin").expect("replication connection");
+        let reply = client
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"
+            ))
+            .expect("CREATE_REPLICATION_SLOT reply");
+        assert_eq!(reply.error, None, "CREATE_REPLICATION_SLOT {slot} failed");
+    }
+
+    /// `READ_REPLICATION_SLOT slot` on the relay: the slot's restart_lsn (`None` for no slot or
+    /// no LSN).
+    pub fn slot_restart_lsn(&self, slot: &str) -> Option<Lsn> {
+        let mut client =
+            ReplClient::connect(self.port(), "test_slot_admin").expect("replication connection");
+        let reply = client
+            .query(&format!("READ_REPLICATION_SLOT {slot}"))
+            .expect("READ_REPLICATION_SLOT reply");
+        assert_eq!(reply.error, None, "READ_REPLICATION_SLOT {slot} failed");
+        let restart = reply.rows.first()?.get(1)?.clone()?;
+        Some(lsn("READ_REPLICATION_SLOT restart_lsn", &restart))
+    }
+
     /// Clean stop: SIGTERM, then wait for the exit. Returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the relay is not running");
@@ -291,7 +348,6 @@ impl Relay {
     }
 
     /// Crash: SIGKILL and reap.
-    #[allow(dead_code)] // for the crash tests (brief §2.7)
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("the relay is not running");
         let _ = child.kill();
