@@ -15,7 +15,7 @@ use crate::harness::crash::{
 use crate::harness::receivewal::assert_segments_match;
 use crate::harness::wire::ReplClient;
 use crate::harness::{
-    lsn, lsn_after, segment_start, wait_until, workload, PgCluster, ReceiveWal, Relay, SEG_SIZE,
+    lsn, lsn_after, segment_start, wait_until, workload, PgCluster, ReceiveWal, Topology, SEG_SIZE,
 };
 
 /// Keeps every segment the primary writes in its pg_wal, so the test can compare against it.
@@ -26,12 +26,14 @@ fn keep_primary_wal(primary: &PgCluster) {
 #[test]
 fn kill9_at_random_points_loses_nothing() {
     let mut rng = Lcg::from_env_or_clock("kill9_at_random_points_loses_nothing");
-    let primary = PgCluster::init_primary("primary");
-    keep_primary_wal(&primary);
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .on_primary(keep_primary_wal)
+        .start();
     // pg_receivewal retries every 5 s and so spends most of the crash rounds disconnected: a
     // slot on the relay keeps the WAL it has not received yet (and must survive the kills).
     relay.create_slot("rw");
@@ -147,11 +149,13 @@ fn kill9_at_random_points_loses_nothing() {
 
 #[test]
 fn flipped_byte_in_stored_segment_is_detected_and_not_served() {
-    let primary = PgCluster::init_primary("primary");
-    keep_primary_wal(&primary);
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .on_primary(keep_primary_wal)
+        .start();
     // Reserves the relay's WAL from here on: a pg_receivewal given this slot and an empty
     // directory starts at the slot's segment, before the one the test damages.
     relay.create_slot("rslot");
@@ -302,13 +306,15 @@ fn full_disk_stops_ingest_and_resumes() {
     let data = fs.path().join("relaydata");
     std::fs::create_dir(&data).expect("create the relay's data dir on the small file system");
 
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start_in(&data, &primary.conninfo(), "relay", &[]);
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=1000);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_data_dir(&data)
+        .rows(1..=1000)
+        .start();
 
     let filler = fs.path().join("filler");
     fill_disk(&fs, &filler, 3 << 20);
@@ -428,14 +434,16 @@ fn full_disk_stops_ingest_and_resumes() {
 
 #[test]
 fn relay_side_slot_keeps_wal_and_drop_releases_it() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start_with(&primary.conninfo(), "relay", &["--wal-keep-size", "0"]);
-    relay.wait_ready();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .relay_args(&["--wal-keep-size", "0"])
+        .start();
     relay.create_slot("sslot");
     let mut standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    standby.psql("alter system set primary_slot_name = 'sslot'");
-    standby.psql("select pg_reload_conf()");
+    standby.alter_system("primary_slot_name", "sslot");
     workload::insert_rows(&primary, 1..=1000);
     workload::wait_rows(&primary, &standby);
     relay.wait_status("standby1 to stream through slot sslot", |s| {
@@ -549,10 +557,11 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
 /// `.partial`, no next segment yet, and `relay.state` saved while that segment was written.
 #[test]
 fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay().start();
     let mut switched = Vec::new();
     for batch in 0..3 {
         workload::insert_rows(&primary, batch * 1000 + 1..=batch * 1000 + 1000);

@@ -9,20 +9,9 @@ use walrelay::wal::Lsn;
 
 use crate::harness::os;
 use crate::harness::receivewal::{assert_file_matches, assert_same_file};
+use crate::harness::topology::read_write_hosts;
 use crate::harness::wire::ReplClient;
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay, SEG_SIZE};
-
-/// A conninfo listing `servers` in this order that accepts only a writable server, as an
-/// operator configures a relay in front of a primary and its HA standbys.
-fn read_write_hosts(servers: &[&PgCluster]) -> String {
-    let hosts: Vec<&str> = servers.iter().map(|_| "127.0.0.1").collect();
-    let ports: Vec<String> = servers.iter().map(|s| s.port().to_string()).collect();
-    format!(
-        "host={} port={} user=postgres target_session_attrs=read-write",
-        hosts.join(","),
-        ports.join(",")
-    )
-}
+use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay, Topology, SEG_SIZE};
 
 /// Waits until the relay streams from the server at `port` with its durable WAL on
 /// `timeline` (`/status` upstream port and timeline, metric `walrelay_timeline`); returns that
@@ -193,21 +182,19 @@ fn assert_switched_segment_identical(
 /// timeline 2 through the relay on their existing connections.
 #[test]
 fn clean_switchover_carries_downstreams() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1, standby2],
+        receivers: [mut receiver],
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .standbys(["standby1", "standby2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
     wait_upstream(&relay, primary.port(), 1);
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let standby2 = PgCluster::basebackup_standby(&primary, "standby2", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha, &standby1, &standby2] {
-        workload::wait_rows(&primary, standby);
-    }
     wait_received_tli(&standby1, 1);
     let walreceivers = [walreceiver(&standby1), walreceiver(&standby2)];
 
@@ -247,15 +234,16 @@ fn clean_switchover_carries_downstreams() {
 /// primary streams through it.
 #[test]
 fn crash_failover_lagging_candidate_moves_diverged_wal() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .rows(1..=500)
+        .start();
 
     // The HA standby stops receiving; the primary goes on writing, whole segments included.
     let ha_end = cut_off(&primary, &ha, "ha");
@@ -399,27 +387,19 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
 /// candidate is promoted, every downstream follows timeline 2 and has exactly its rows.
 #[test]
 fn crash_failover_with_failover_standby_every_downstream_follows() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start_with(
-        &read_write_hosts(&[&primary, &ha]),
-        "relay",
-        &["--failover-standby", "ha"],
-    );
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["application_name"] == "ha"
-            && s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let standby2 = PgCluster::basebackup_standby(&primary, "standby2", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha, &standby1, &standby2] {
-        workload::wait_rows(&primary, standby);
-    }
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1, standby2],
+        receivers: [mut receiver],
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .standbys(["standby1", "standby2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
     let rows_before = standby1.psql("select count(*) from t");
 
     // The candidate is cut off; the relay holds at what it confirmed while the primary writes on.
@@ -488,19 +468,17 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
 /// it), then HA standby 1 to HA standby 2 (timeline 3). The relay's downstreams follow both.
 #[test]
 fn two_failovers_in_a_row() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha1 = PgCluster::ha_standby(&primary, "ha1");
-    let mut ha2 = PgCluster::ha_standby(&primary, "ha2");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha1, &ha2]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha1, &ha2, &standby1] {
-        workload::wait_rows(&primary, standby);
-    }
+    let Topology {
+        mut primary,
+        candidates: [mut ha1, mut ha2],
+        relays: [mut relay],
+        standbys: [standby1],
+        receivers: [mut receiver],
+    } = Topology::primary_relay_standby()
+        .candidates(["ha1", "ha2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
 
     primary.stop();
     ha1.promote();
@@ -539,23 +517,17 @@ fn two_failovers_in_a_row() {
 /// upstream, `target_session_attrs=any`) → standby. The switch propagates down the chain.
 #[test]
 fn relay_chain_follows_failover() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay_a = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay_a");
-    relay_a.wait_ready();
-    let mut relay_b = Relay::start(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres target_session_attrs=any",
-            relay_a.port()
-        ),
-        "relay_b",
-    );
-    relay_b.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay_b.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay_a, mut relay_b],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .relays(["relay_a", "relay_b"])
+        .rows(1..=500)
+        .start();
     relay_a.wait_for_downstream("walrelay");
     let before = walreceiver(&standby);
 
@@ -587,20 +559,20 @@ fn relay_chain_follows_failover() {
 /// primary, fills in the rest of timeline 1 and follows timeline 2, and its downstreams follow.
 #[test]
 fn relay_killed_during_failover_converges() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    // Physical slots can be made on a standby; this one keeps the timeline 1 WAL that the
-    // relay will ask the new primary for.
-    ha.pin_wal();
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        receivers: [receiver],
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        // Physical slots can be made on a standby; this one keeps the timeline 1 WAL that the
+        // relay will ask the new primary for.
+        .on_candidates(PgCluster::pin_wal)
+        .receivewal()
+        .rows(1..=500)
+        .start();
 
     relay.kill9();
     workload::insert_rows(&primary, 501..=1000);
@@ -640,9 +612,16 @@ fn assert_receivewal_followed_after_reconnect(receiver: &ReceiveWal, new_primary
 /// streams from its own cluster's primary.
 #[test]
 fn other_cluster_refused() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    primary.pin_wal();
+    // The relay's store first holds the primary's WAL ...
+    let Topology {
+        mut primary,
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .on_primary(PgCluster::pin_wal)
+        .rows(1..=100)
+        .start();
     let other = PgCluster::init_primary("other");
     workload::create_table(&other);
     workload::insert_rows(&other, 1..=1000);
@@ -653,12 +632,6 @@ fn other_cluster_refused() {
         "two initdbs, one system identifier"
     );
 
-    // The relay's store first holds the primary's WAL ...
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=100);
-    workload::wait_rows(&primary, &standby1);
     let status = relay.stop();
     assert!(status.success(), "walrelay exited {status}");
 
@@ -729,22 +702,17 @@ fn other_cluster_refused() {
 /// in `diverged_downstreams`, and it follows the new timeline.
 #[test]
 fn failover_standby_partial_record_at_crash_is_no_divergence() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start_with(
-        &read_write_hosts(&[&primary, &ha]),
-        "relay",
-        &["--failover-standby", "ha"],
-    );
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .rows(1..=500)
+        .start();
     let before = primary.flush_lsn();
 
     // One WAL record of 400 MB: while the backend copies it into the WAL buffers, finished
@@ -856,23 +824,17 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
 /// through both relays.
 #[test]
 fn relay_chain_heals_after_divergence() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay_a = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay_a");
-    relay_a.wait_ready();
-    let mut relay_b = Relay::start(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres target_session_attrs=any",
-            relay_a.port()
-        ),
-        "relay_b",
-    );
-    relay_b.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay_b.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay_a, mut relay_b],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .relays(["relay_a", "relay_b"])
+        .rows(1..=500)
+        .start();
 
     cut_off(&primary, &ha, "ha");
     workload::insert_rows(&primary, 501..=1000);
@@ -907,34 +869,22 @@ fn relay_chain_heals_after_divergence() {
     relay_b.assert_running();
 }
 
-/// The relay's upstream user, as operators create it: a role with REPLICATION and LOGIN, and
-/// `pg_read_all_stats`, which `--failover-standby` needs to read the candidates' positions in
-/// `pg_stat_replication` (without it PostgreSQL shows other sessions' positions as NULL).
-fn replication_role_conninfo(primary: &PgCluster, ha: &PgCluster, grant: bool) -> String {
-    primary.psql("create role replicator with login replication");
-    if grant {
-        primary.psql("grant pg_read_all_stats to replicator");
-    }
-    format!(
-        "host=127.0.0.1,127.0.0.1 port={},{} user=replicator target_session_attrs=read-write",
-        primary.port(),
-        ha.port()
-    )
-}
-
-/// `--failover-standby` with a non-superuser upstream role that has `pg_read_all_stats`: the
-/// candidate is seen, and holds when it goes missing.
+/// `--failover-standby` with a non-superuser upstream role, as operators create it: REPLICATION
+/// and LOGIN, and `pg_read_all_stats`, which `--failover-standby` needs to read the candidates'
+/// positions in `pg_stat_replication` (without it PostgreSQL shows other sessions' positions as
+/// NULL): the candidate is seen, and holds when it goes missing.
 #[test]
 fn failover_standby_with_a_replication_role() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let ha = PgCluster::ha_standby(&primary, "ha");
-    let upstream = replication_role_conninfo(&primary, &ha, true);
-    let mut relay = Relay::start_with(&upstream, "relay", &["--failover-standby", "ha"]);
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
+    let Topology {
+        primary,
+        candidates: [ha],
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .replicator_role(true)
+        .failover_standby("ha")
+        .start();
     cut_off(&primary, &ha, "ha");
     relay.wait_status("the relay holding for the missing ha", |s| {
         s["failover"]["holding"] == true && s["failover"]["standbys"][0]["state"] == "missing"
@@ -948,10 +898,16 @@ fn failover_standby_with_a_replication_role() {
 /// that it cannot read the positions.
 #[test]
 fn failover_standby_without_stats_privilege_is_reported() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let ha = PgCluster::ha_standby(&primary, "ha");
-    let upstream = replication_role_conninfo(&primary, &ha, false);
+    let Topology {
+        primary,
+        candidates: [_ha],
+        relays: [relay],
+        ..
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .replicator_role(false)
+        .relay_args(&["--failover-standby", "ha"])
+        .start();
     let visible = crate::harness::pg::psql(
         &format!(
             "host=127.0.0.1 port={} user=replicator dbname=postgres",
@@ -965,8 +921,6 @@ fn failover_standby_without_stats_privilege_is_reported() {
         visible, "ha:null",
         "what the relay's role sees of the candidate"
     );
-    let mut relay = Relay::start_with(&upstream, "relay", &["--failover-standby", "ha"]);
-    relay.wait_ready();
     // Writes make the watcher read pg_stat_replication again.
     workload::insert_rows(&primary, 1..=100);
     relay.wait_flushed(primary.flush_lsn());

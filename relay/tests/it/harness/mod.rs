@@ -13,6 +13,7 @@ pub mod pg;
 pub mod receivewal;
 pub mod relay;
 pub mod tls;
+pub mod topology;
 pub mod wire;
 pub mod workload;
 
@@ -26,6 +27,7 @@ use walrelay::wal::Lsn;
 pub use pg::PgCluster;
 pub use receivewal::ReceiveWal;
 pub use relay::Relay;
+pub use topology::Topology;
 
 /// PostgreSQL's default `wal_segment_size`, which the harness's clusters use.
 pub const SEG_SIZE: u64 = 16 << 20;
