@@ -1,6 +1,8 @@
 //! Test harness for the acceptance tests: real PostgreSQL clusters ([`pg`]), the walrelay
-//! binary ([`relay`]), pg_receivewal ([`receivewal`]), a raw protocol client ([`wire`]), a
-//! tiny HTTP client ([`http`]) and test certificates ([`tls`]).
+//! binary ([`relay`]), pg_receivewal ([`receivewal`]), the usual set-ups of them in one
+//! expression ([`topology`]), the rows they carry ([`workload`]), crash tools ([`crash`]), a
+//! raw protocol client ([`wire`]), a tiny HTTP client ([`http`]), test certificates ([`tls`])
+//! and the OS plumbing under them all ([`os`]). `docs/testing.md` is the guide.
 //!
 //! Every running thing is a guard: dropping it stops its processes (also when the test panics),
 //! and a failing test prints the tail of each guard's log. Waits poll with a generous timeout
