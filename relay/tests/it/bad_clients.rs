@@ -3,7 +3,7 @@
 
 use crate::harness::pg::psql;
 use crate::harness::wire::{send_raw, RawOutcome, ReplClient};
-use crate::harness::{workload, PgCluster, Relay};
+use crate::harness::{workload, PgCluster, Topology};
 
 /// A well-formed replication command works: IDENTIFY_SYSTEM reports the primary's system id.
 fn assert_identify_system(port: u16, primary: &PgCluster) {
@@ -105,14 +105,15 @@ fn assert_garbage_refused(port: u16) {
 
 #[test]
 fn bad_clients_get_postgres_errors() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    workload::retire_first_segment(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1001..=2000);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .on_primary(workload::retire_first_segment)
+        .rows(1001..=2000)
+        .start();
     let walreceiver = standby.psql("select pid from pg_stat_wal_receiver");
 
     let plain = format!(

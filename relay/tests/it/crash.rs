@@ -2,236 +2,41 @@
 //! SIGKILL at random instants under a steady write load, a byte flipped in a stored segment, a
 //! full disk under the data dir, and relay-side slots holding WAL against retention.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use walrelay::store::state;
-use walrelay::wal::scan::first_nonzero;
-use walrelay::wal::segment::{parse_wal_file_name, segment_file_name, WalFileName};
-use walrelay::wal::{find_end_of_wal, Lsn};
+use walrelay::wal::segment::segment_file_name;
+use walrelay::wal::Lsn;
 
-use crate::harness::os::{self, TestDir};
-use crate::harness::pg::psql;
+use crate::harness::crash::{
+    fill_disk, flip_byte, rewind_state, torn_tail, unexpected_log_errors, unrenamed_whole_segment,
+    Lcg, SmallFs, Writer,
+};
 use crate::harness::receivewal::assert_segments_match;
 use crate::harness::wire::ReplClient;
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
-
-const SEG_SIZE: u64 = 16 << 20;
-
-/// A deterministic pseudo-random sequence (Knuth's MMIX LCG). The seed comes from
-/// `WALRELAY_TEST_SEED` when set, else from the clock, and is printed so a run can be repeated.
-struct Lcg(u64);
-
-impl Lcg {
-    fn from_env_or_clock(test: &str) -> Lcg {
-        let seed = std::env::var("WALRELAY_TEST_SEED")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("{test}: seed {seed} (set WALRELAY_TEST_SEED={seed} to repeat this run)");
-        Lcg(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    /// Uniform enough in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+use crate::harness::{
+    lsn, lsn_after, segment_start, wait_until, workload, PgCluster, ReceiveWal, Topology, SEG_SIZE,
+};
 
 /// Keeps every segment the primary writes in its pg_wal, so the test can compare against it.
 fn keep_primary_wal(primary: &PgCluster) {
-    primary.psql("alter system set wal_keep_size = '1GB'");
-    primary.psql("select pg_reload_conf()");
-}
-
-/// A thread inserting rows on the primary as fast as psql goes: each call runs 20 small
-/// transactions of 25 rows; every 8th call also one transaction of 1000 rows of 1 kB that
-/// then waits 0.3 s before it commits: meanwhile the primary's WAL writer flushes its WAL up
-/// to the last full page, inside a record, and sends that, so the relay holds a torn record
-/// at its end (a kill then leaves it behind); and about every 2 seconds a switch to a new WAL
-/// segment (more often would fill the disks with the zeros of switched segments).
-struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<u32>>,
-}
-
-impl Writer {
-    fn start(primary: &PgCluster, first_id: u32) -> Writer {
-        let conninfo = format!("{} dbname=postgres", primary.conninfo());
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
-            let mut next = first_id;
-            let mut last_switch = Instant::now();
-            let mut calls = 0u32;
-            while !flag.load(Ordering::Relaxed) {
-                let mut sql = String::new();
-                for _ in 0..20 {
-                    sql.push_str(&format!(
-                        "begin; insert into t select g, md5(g::text) from generate_series({}, {}) g; commit; ",
-                        next,
-                        next + 24
-                    ));
-                    next += 25;
-                }
-                calls += 1;
-                if calls.is_multiple_of(8) {
-                    sql.push_str(&format!(
-                        "begin; insert into t select g, repeat(md5(g::text), 32) from generate_series({}, {}) g; select pg_sleep(0.3); commit; ",
-                        next,
-                        next + 999
-                    ));
-                    next += 1000;
-                }
-                if last_switch.elapsed() >= Duration::from_secs(2) {
-                    sql.push_str("select pg_switch_wal();");
-                    last_switch = Instant::now();
-                }
-                if let Err(e) = psql(&conninfo, &sql) {
-                    panic!("the writer's insert failed on the primary: {e}");
-                }
-            }
-            next - first_id
-        });
-        Writer {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Stops the thread; returns how many rows it inserted.
-    fn finish(mut self) -> u32 {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.handle.take().map(JoinHandle::join) {
-            Some(Ok(rows)) => rows,
-            Some(Err(_)) => panic!("the writer thread failed (see its panic above)"),
-            None => 0,
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// The restart_lsn of a physical slot on the primary: for the relay's own slot, the flush
-/// position the relay last acknowledged.
-fn primary_slot_restart(primary: &PgCluster, slot: &str) -> Option<Lsn> {
-    let out = primary.psql(&format!(
-        "select restart_lsn from pg_replication_slots where slot_name = '{slot}'"
-    ));
-    (!out.is_empty()).then(|| lsn("slot restart_lsn", &out))
-}
-
-/// Lines of the relay's log at ERROR level or showing a panic, minus the ERROR lines that
-/// contain one of `expected` (a panic is never expected).
-fn unexpected_log_errors(log: &str, expected: &[&str]) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains(" ERROR ") || l.contains("ERROR:") || l.contains("panicked"))
-        .filter(|l| l.contains("panicked") || !expected.iter().any(|e| l.contains(e)))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The LSN where the segment of this file name starts.
-fn segment_start(name: &str) -> Lsn {
-    match parse_wal_file_name(name, SEG_SIZE) {
-        Some(WalFileName::Segment { segno, .. }) => Lsn(segno * SEG_SIZE),
-        other => panic!("{name} is not a segment file name ({other:?})"),
-    }
-}
-
-/// Segment files in the relay's `wal/` dir (complete and `.partial`), as `(name, partial)`,
-/// sorted by name.
-fn relay_segments(relay: &Relay) -> Vec<(String, bool)> {
-    let mut out: Vec<(String, bool)> = std::fs::read_dir(relay.data_dir().join("wal"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|n| match parse_wal_file_name(&n, SEG_SIZE) {
-                    Some(WalFileName::Segment { partial, .. }) => {
-                        Some((n.trim_end_matches(".partial").to_string(), partial))
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
-/// After a crash: whether the relay's newest `.partial` segment holds bytes past its last
-/// whole valid record (a record torn by the kill), and where that record ends.
-fn torn_partial(relay: &Relay) -> Option<(String, Lsn)> {
-    let (name, _) = relay_segments(relay)
-        .into_iter()
-        .rfind(|(_, partial)| *partial)?;
-    let data = std::fs::read(relay.data_dir().join("wal").join(format!("{name}.partial"))).ok()?;
-    let start = segment_start(&name);
-    let end = find_end_of_wal(&data, start, SEG_SIZE, None, None);
-    first_nonzero(&data, start, end.valid_end).map(|_| (name, end.valid_end))
-}
-
-/// Creates a physical slot on the relay that reserves WAL from its current end.
-fn create_relay_slot(port: u16, slot: &str) {
-    let mut client = ReplClient::connect(port, "test_slot_admin").expect("replication connection");
-    let reply = client
-        .query(&format!(
-            "CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"
-        ))
-        .expect("CREATE_REPLICATION_SLOT reply");
-    assert_eq!(reply.error, None, "CREATE_REPLICATION_SLOT {slot} failed");
-}
-
-/// READ_REPLICATION_SLOT on the relay: the slot's restart_lsn (None for no slot or no LSN).
-fn relay_slot_restart(port: u16, slot: &str) -> Option<Lsn> {
-    let mut client = ReplClient::connect(port, "test_slot_admin").expect("replication connection");
-    let reply = client
-        .query(&format!("READ_REPLICATION_SLOT {slot}"))
-        .expect("READ_REPLICATION_SLOT reply");
-    assert_eq!(reply.error, None, "READ_REPLICATION_SLOT {slot} failed");
-    let restart = reply.rows.first()?.get(1)?.clone()?;
-    Some(lsn("READ_REPLICATION_SLOT restart_lsn", &restart))
+    primary.alter_system("wal_keep_size", "1GB");
 }
 
 #[test]
 fn kill9_at_random_points_loses_nothing() {
     let mut rng = Lcg::from_env_or_clock("kill9_at_random_points_loses_nothing");
-    let primary = PgCluster::init_primary("primary");
-    keep_primary_wal(&primary);
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .on_primary(keep_primary_wal)
+        .start();
     // pg_receivewal retries every 5 s and so spends most of the crash rounds disconnected: a
     // slot on the relay keeps the WAL it has not received yet (and must survive the kills).
-    create_relay_slot(relay.port(), "rw");
+    relay.create_slot("rw");
     let mut receiver = ReceiveWal::start_with(relay.port(), &["-S", "rw"]);
     receiver.wait_streaming();
     workload::insert_rows(&primary, 1..=100);
@@ -252,8 +57,8 @@ fn kill9_at_random_points_loses_nothing() {
         relay.assert_running();
         relay.kill9();
         // What the relay had acknowledged as flushed to the primary before it died.
-        let acked = primary_slot_restart(&primary, "relay");
-        let torn = torn_partial(&relay);
+        let acked = primary.slot_restart_lsn("relay");
+        let torn = torn_tail(&relay);
         torn_kills += usize::from(torn.is_some());
         let verify_now = rng.next().is_multiple_of(2);
         if verify_now {
@@ -342,42 +147,18 @@ fn kill9_at_random_points_loses_nothing() {
     );
 }
 
-/// XORs the byte at `offset` of `path` with 0xFF; returns its old value.
-fn flip_byte(path: &Path, offset: u64) -> u8 {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).expect("read the byte");
-    f.write_all_at(&[b[0] ^ 0xFF], offset)
-        .expect("write the flipped byte");
-    f.sync_all().expect("fsync the damaged segment");
-    b[0]
-}
-
-/// The LSN right after `marker` in `text` (e.g. "damaged at " → "0/5003028"), up to the first
-/// character that cannot be part of an LSN.
-fn lsn_after(text: &str, marker: &str) -> Option<Lsn> {
-    let at = text.find(marker)? + marker.len();
-    let rest = &text[at..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_hexdigit() || c == '/'))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 #[test]
 fn flipped_byte_in_stored_segment_is_detected_and_not_served() {
-    let primary = PgCluster::init_primary("primary");
-    keep_primary_wal(&primary);
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .on_primary(keep_primary_wal)
+        .start();
     // Reserves the relay's WAL from here on: a pg_receivewal given this slot and an empty
     // directory starts at the slot's segment, before the one the test damages.
-    create_relay_slot(relay.port(), "rslot");
+    relay.create_slot("rslot");
     let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
     let mut switched = Vec::new();
     for batch in 0..5 {
@@ -386,7 +167,7 @@ fn flipped_byte_in_stored_segment_is_detected_and_not_served() {
     }
     workload::wait_rows(&primary, &standby);
     wait_until("the relay to complete the switched segments", || {
-        let have = relay_segments(&relay);
+        let have = relay.segments();
         match switched
             .iter()
             .find(|n| !have.contains(&((*n).clone(), false)))
@@ -509,109 +290,10 @@ fn flipped_byte_in_stored_segment_is_detected_and_not_served() {
     relay.assert_running();
 }
 
-/// A small ext4 file system in a file, loop-mounted for the test; unmounted on drop.
-struct LoopMount {
-    dir: TestDir,
-    mounted: bool,
-}
-
-impl LoopMount {
-    /// Creates and mounts a `size_mb` image, or says why it cannot.
-    fn new(size_mb: u32) -> Result<LoopMount, String> {
-        let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        if !is_root {
-            return Err("not running as root".into());
-        }
-        let dir = TestDir::new("loopfs");
-        let image = dir.path().join("fs.img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
-        let run = |cmd: &mut Command| -> Result<(), String> {
-            let out = os::run(cmd, Duration::from_secs(60))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{cmd:?} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        run(Command::new("truncate")
-            .arg("-s")
-            .arg(format!("{size_mb}M"))
-            .arg(&image))?;
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-m", "0"])
-            .arg(&image))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mnt))?;
-        Ok(LoopMount { dir, mounted: true })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-
-    /// Bytes free for us (root) on the file system.
-    fn available(&self) -> u64 {
-        let out = os::run_ok(
-            Command::new("df")
-                .args(["-B1", "--output=avail"])
-                .arg(self.path()),
-            Duration::from_secs(30),
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("cannot parse df output {out:?}"))
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        let mnt = self.path();
-        let ok = Command::new("umount")
-            .arg(&mnt)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still holds it (a process the test could not stop): detach it lazily
-            // so the loop device goes away once that process does.
-            eprintln!("umount {} failed; detaching it lazily", mnt.display());
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-        }
-        self.mounted = false;
-    }
-}
-
-/// Writes zeros into `path` until only about `leave` bytes are free on `fs` (or the disk
-/// says it is full); fsyncs it.
-fn fill_disk(fs: &LoopMount, path: &Path, leave: u64) {
-    let mut f = File::create(path).expect("create the filler file");
-    let chunk = vec![0u8; 1 << 20];
-    let mut to_write = fs.available().saturating_sub(leave);
-    while to_write > 0 {
-        let n = to_write.min(chunk.len() as u64) as usize;
-        if let Err(e) = f.write_all(&chunk[..n]) {
-            eprintln!("filler stopped early: {e}");
-            break;
-        }
-        to_write -= n as u64;
-    }
-    let _ = f.sync_all();
-}
-
 #[test]
 fn full_disk_stops_ingest_and_resumes() {
     // Declared first so that it is dropped last, after the relay using it has been killed.
-    let fs = match LoopMount::new(64) {
+    let fs = match SmallFs::new(64) {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!(
@@ -624,13 +306,15 @@ fn full_disk_stops_ingest_and_resumes() {
     let data = fs.path().join("relaydata");
     std::fs::create_dir(&data).expect("create the relay's data dir on the small file system");
 
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start_in(&data, &primary.conninfo(), "relay", &[]);
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=1000);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_data_dir(&data)
+        .rows(1..=1000)
+        .start();
 
     let filler = fs.path().join("filler");
     fill_disk(&fs, &filler, 3 << 20);
@@ -705,10 +389,7 @@ fn full_disk_stops_ingest_and_resumes() {
         on_standby < on_primary,
         "the relay stopped ingest, yet the standby has all {on_primary} rows"
     );
-    let primary_lsn = lsn(
-        "primary flush LSN",
-        &primary.psql("select pg_current_wal_flush_lsn()"),
-    );
+    let primary_lsn = primary.flush_lsn();
     assert!(durable < primary_lsn);
 
     // Nothing stored is damaged: a clean stop, walrelay verify, and a start on the full disk.
@@ -753,14 +434,16 @@ fn full_disk_stops_ingest_and_resumes() {
 
 #[test]
 fn relay_side_slot_keeps_wal_and_drop_releases_it() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start_with(&primary.conninfo(), "relay", &["--wal-keep-size", "0"]);
-    relay.wait_ready();
-    create_relay_slot(relay.port(), "sslot");
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .relay_args(&["--wal-keep-size", "0"])
+        .start();
+    relay.create_slot("sslot");
     let mut standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    standby.psql("alter system set primary_slot_name = 'sslot'");
-    standby.psql("select pg_reload_conf()");
+    standby.alter_system("primary_slot_name", "sslot");
     workload::insert_rows(&primary, 1..=1000);
     workload::wait_rows(&primary, &standby);
     relay.wait_status("standby1 to stream through slot sslot", |s| {
@@ -775,7 +458,9 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
 
     standby.stop();
     let held = wait_until("sslot to hold the stopped standby's position", || {
-        relay_slot_restart(relay.port(), "sslot").ok_or("sslot has no restart_lsn")
+        relay
+            .slot_restart_lsn("sslot")
+            .ok_or("sslot has no restart_lsn")
     });
     let held_name = segment_file_name(1, held.0 / SEG_SIZE, SEG_SIZE);
     eprintln!("sslot holds {held} (segment {held_name}) while standby1 is stopped");
@@ -792,7 +477,7 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
     }
     let last = switched.last().cloned().unwrap_or_default();
     wait_until("the relay to complete the last switched segment", || {
-        let have = relay_segments(&relay);
+        let have = relay.segments();
         if have.contains(&(last.clone(), false)) {
             Ok(())
         } else {
@@ -801,7 +486,7 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
     });
     // Retention ran and stopped at the slot: the oldest segment is the one sslot holds.
     let have = wait_until("retention to keep exactly from sslot's segment", || {
-        let have = relay_segments(&relay);
+        let have = relay.segments();
         match have.first() {
             Some((oldest, _)) if *oldest == held_name => Ok(have),
             _ => Err(format!("have {have:?}, sslot holds {held_name}")),
@@ -811,7 +496,7 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
     for s in &switched {
         assert!(names.contains(&s.as_str()), "{s} was removed: {names:?}");
     }
-    assert_eq!(relay_slot_restart(relay.port(), "sslot"), Some(held));
+    assert_eq!(relay.slot_restart_lsn("sslot"), Some(held));
     eprintln!(
         "after {:.0}s and {} switches the relay keeps {} segments from {held_name}",
         began.elapsed().as_secs_f64(),
@@ -841,7 +526,7 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
     workload::insert_rows(&primary, 900_001..=901_000);
     let last = workload::switch_wal(&primary);
     let oldest = wait_until("retention to remove the segments sslot held", || {
-        let have = relay_segments(&relay);
+        let have = relay.segments();
         match have.first() {
             Some((oldest, _)) if *oldest > held_name && *oldest >= last => Ok(oldest.clone()),
             _ => Err(format!("have {have:?}")),
@@ -866,28 +551,17 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
     relay.assert_running();
 }
 
-/// Rewrites `relay.state` with its flush position at `flush`. The file is documented as a lower
-/// bound of the durable position (saved about once a second and at segment ends), so any
-/// earlier value is one a kill -9 can leave behind.
-fn set_state_flush(relay: &Relay, flush: Lsn) {
-    let dir = relay.data_dir();
-    let mut st = state::load(&dir)
-        .expect("read relay.state")
-        .expect("relay.state exists");
-    st.flush_lsn = flush.to_string();
-    state::save(&dir, &st).expect("write relay.state");
-}
-
 /// kill -9 after the last byte of a segment was written but before its `.partial` was renamed
 /// (a window `kill9_at_random_points_loses_nothing` hits about once in 60 kills). The disk
 /// state is made here exactly as such a kill leaves it: the segment whole but still named
 /// `.partial`, no next segment yet, and `relay.state` saved while that segment was written.
 #[test]
 fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay().start();
     let mut switched = Vec::new();
     for batch in 0..3 {
         workload::insert_rows(&primary, batch * 1000 + 1..=batch * 1000 + 1000);
@@ -895,7 +569,7 @@ fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
     }
     let whole = switched.last().cloned().unwrap_or_default();
     wait_until("the relay to complete the switched segments", || {
-        let have = relay_segments(&relay);
+        let have = relay.segments();
         if have.contains(&(whole.clone(), false)) {
             Ok(())
         } else {
@@ -906,28 +580,21 @@ fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
     assert!(status.success(), "walrelay exited {status} on SIGTERM");
 
     // The kill: `whole` written to its last byte, not yet renamed; nothing after it.
-    let wal = relay.data_dir().join("wal");
-    for (name, partial) in relay_segments(&relay) {
-        if partial && name > whole {
-            std::fs::remove_file(wal.join(format!("{name}.partial"))).expect("remove");
-        }
-    }
-    std::fs::rename(wal.join(&whole), wal.join(format!("{whole}.partial"))).expect("rename");
+    unrenamed_whole_segment(&relay, &whole);
     let next_start = Lsn(segment_start(&whole).0 + SEG_SIZE);
-    set_state_flush(&relay, segment_start(&whole));
 
     relay.restart();
     relay.wait_ready();
     workload::insert_rows(&primary, 10_001..=11_000);
     let acked = wait_until(
         "the relay to acknowledge WAL past the whole segment",
-        || match primary_slot_restart(&primary, "relay") {
+        || match primary.slot_restart_lsn("relay") {
             Some(acked) if acked > next_start => Ok(acked),
             other => Err(format!("slot restart_lsn {other:?}")),
         },
     );
     let mut problems = Vec::new();
-    let names = relay_segments(&relay);
+    let names = relay.segments();
     if names.contains(&(whole.clone(), true)) {
         problems.push(format!(
             "{whole} is whole but still named {whole}.partial after the restart; the relay \
@@ -937,7 +604,7 @@ fn segment_written_whole_but_not_renamed_at_kill_is_completed() {
 
     // Killed again before the next periodic state save.
     relay.kill9();
-    set_state_flush(&relay, segment_start(&whole));
+    rewind_state(&relay, segment_start(&whole));
     relay.restart();
     relay.wait_ready();
     let resumed = relay.status_lsn("/upstream/stream_start_lsn");

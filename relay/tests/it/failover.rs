@@ -3,34 +3,15 @@
 //! finds the new primary by itself, moves WAL past the new primary's fork point aside, follows
 //! the timeline switch and carries its downstreams across it, which nobody touches.
 
-use std::path::Path;
-
 use serde_json::Value;
 use walrelay::wal::segment::{partial_file_name, segment_file_name};
 use walrelay::wal::Lsn;
 
+use crate::harness::os;
 use crate::harness::receivewal::{assert_file_matches, assert_same_file};
+use crate::harness::topology::read_write_hosts;
 use crate::harness::wire::ReplClient;
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
-
-/// PostgreSQL's default `wal_segment_size`, which the harness's clusters use.
-const SEG_SIZE: u64 = 16 << 20;
-
-/// Keeps a server's WAL from the current position on, so that its segments can be compared
-/// with the relay's and pg_receivewal's copies later.
-const PIN_WAL: &str = "select pg_create_physical_replication_slot('pin_wal', true)";
-
-/// A conninfo listing `servers` in this order that accepts only a writable server, as an
-/// operator configures a relay in front of a primary and its HA standbys.
-fn read_write_hosts(servers: &[&PgCluster]) -> String {
-    let hosts: Vec<&str> = servers.iter().map(|_| "127.0.0.1").collect();
-    let ports: Vec<String> = servers.iter().map(|s| s.port().to_string()).collect();
-    format!(
-        "host={} port={} user=postgres target_session_attrs=read-write",
-        hosts.join(","),
-        ports.join(",")
-    )
-}
+use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay, Topology, SEG_SIZE};
 
 /// Waits until the relay streams from the server at `port` with its durable WAL on
 /// `timeline` (`/status` upstream port and timeline, metric `walrelay_timeline`); returns that
@@ -83,44 +64,7 @@ fn cut_off(primary: &PgCluster, ha: &PgCluster, name: &str) -> Lsn {
         &format!("select count(*) from pg_stat_replication where application_name = '{name}'"),
         "0",
     );
-    lsn(
-        "the HA standby's received LSN",
-        &ha.psql("select pg_last_wal_receive_lsn()"),
-    )
-}
-
-/// The current WAL flush position of a primary.
-fn flush_lsn(primary: &PgCluster) -> Lsn {
-    lsn(
-        "pg_current_wal_flush_lsn()",
-        &primary.psql("select pg_current_wal_flush_lsn()"),
-    )
-}
-
-/// Waits until the relay has made everything up to `target` durable.
-fn wait_relay_flushed(relay: &Relay, target: Lsn) -> Lsn {
-    wait_until(&format!("the relay to flush up to {target}"), || {
-        let flushed = relay.status_lsn("/upstream/flushed_lsn");
-        if flushed >= target {
-            Ok(flushed)
-        } else {
-            Err(format!("flushed_lsn {flushed}"))
-        }
-    })
-}
-
-/// Where `timeline` forked from its parent on the promoted `server`: the switch point in its
-/// history file (the last line's second field).
-fn fork_point(server: &PgCluster, timeline: u32) -> Lsn {
-    let path = server.pg_wal_dir().join(format!("{timeline:08X}.history"));
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let field = text
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| l.split('\t').nth(1))
-        .unwrap_or_else(|| panic!("{} has no switch point: {text:?}", path.display()));
-    lsn("switch point", field)
+    ha.receive_lsn()
 }
 
 /// The application names `/status` lists in `diverged_downstreams`.
@@ -152,7 +96,7 @@ fn assert_no_diverged_downstreams(relay: &Relay) {
 /// The relay never moved WAL aside: nothing in `diverged/`, no divergence counted or logged.
 fn assert_relay_not_diverged(relay: &Relay) {
     assert_eq!(
-        files_in(&relay.data_dir().join("diverged")),
+        os::files_in(&relay.data_dir().join("diverged")),
         Vec::<String>::new(),
         "the relay moved WAL to diverged/"
     );
@@ -172,19 +116,6 @@ fn assert_relay_not_diverged(relay: &Relay) {
 /// the segment file name `segment` (same timeline).
 fn segment_after(name: &str, segment: &str) -> bool {
     name.get(..24).is_some_and(|n| n > segment)
-}
-
-/// Names of the files in `dir` (none when it does not exist), sorted.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// pg_receivewal followed the switch to `timeline` through the relay, on its one connection
@@ -239,7 +170,7 @@ fn assert_switched_segment_identical(
         if ours.exists() {
             Ok(())
         } else {
-            Err(format!("{:?}", files_in(&relay.data_dir().join("wal"))))
+            Err(format!("{:?}", os::files_in(&relay.data_dir().join("wal"))))
         }
     });
     assert_same_file(&ours, &primary.pg_wal_dir().join(&segment));
@@ -251,28 +182,26 @@ fn assert_switched_segment_identical(
 /// timeline 2 through the relay on their existing connections.
 #[test]
 fn clean_switchover_carries_downstreams() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1, standby2],
+        receivers: [mut receiver],
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .standbys(["standby1", "standby2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
     wait_upstream(&relay, primary.port(), 1);
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let standby2 = PgCluster::basebackup_standby(&primary, "standby2", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha, &standby1, &standby2] {
-        workload::wait_rows(&primary, standby);
-    }
     wait_received_tli(&standby1, 1);
     let walreceivers = [walreceiver(&standby1), walreceiver(&standby2)];
 
     primary.stop();
     ha.promote();
-    ha.psql(PIN_WAL);
-    let fork = fork_point(&ha, 2);
+    ha.pin_wal();
+    let fork = ha.fork_point(2);
     wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 501..=1000);
     for standby in [&standby1, &standby2] {
@@ -305,15 +234,16 @@ fn clean_switchover_carries_downstreams() {
 /// primary streams through it.
 #[test]
 fn crash_failover_lagging_candidate_moves_diverged_wal() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .rows(1..=500)
+        .start();
 
     // The HA standby stops receiving; the primary goes on writing, whole segments included.
     let ha_end = cut_off(&primary, &ha, "ha");
@@ -321,12 +251,12 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
     workload::switch_wal(&primary);
     workload::insert_rows(&primary, 1001..=1500);
     workload::wait_rows(&primary, &standby1);
-    let relay_end = wait_relay_flushed(&relay, flush_lsn(&primary));
+    let relay_end = relay.wait_flushed(primary.flush_lsn());
 
     primary.kill9();
     ha.promote();
-    ha.psql(PIN_WAL);
-    let fork = fork_point(&ha, 2);
+    ha.pin_wal();
+    let fork = ha.fork_point(2);
     assert!(
         fork <= ha_end && fork < relay_end,
         "fork {fork}: the HA standby received up to {ha_end}, the relay {relay_end}"
@@ -336,7 +266,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
     // The relay's own WAL past the fork: moved aside, logged, counted.
     let line = relay.wait_for_log("moved it to diverged/");
     eprintln!("relay: {line}");
-    let diverged = files_in(&relay.data_dir().join("diverged"));
+    let diverged = os::files_in(&relay.data_dir().join("diverged"));
     let fork_segment = segment_file_name(1, fork.segment(SEG_SIZE), SEG_SIZE);
     assert!(
         diverged.iter().any(|f| f.starts_with(&fork_segment))
@@ -372,7 +302,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         panic!(
             "read {}: {e} (wal/: {:?})",
             partial.display(),
-            files_in(&wal)
+            os::files_in(&wal)
         )
     });
     let theirs_path = ha
@@ -392,7 +322,7 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
         "{} holds bytes past the fork {fork}",
         partial.display()
     );
-    let left: Vec<String> = files_in(&wal)
+    let left: Vec<String> = os::files_in(&wal)
         .into_iter()
         .filter(|f| f.starts_with("00000001") && segment_after(f, &fork_segment))
         .collect();
@@ -457,27 +387,19 @@ fn crash_failover_lagging_candidate_moves_diverged_wal() {
 /// candidate is promoted, every downstream follows timeline 2 and has exactly its rows.
 #[test]
 fn crash_failover_with_failover_standby_every_downstream_follows() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start_with(
-        &read_write_hosts(&[&primary, &ha]),
-        "relay",
-        &["--failover-standby", "ha"],
-    );
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["application_name"] == "ha"
-            && s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let standby2 = PgCluster::basebackup_standby(&primary, "standby2", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha, &standby1, &standby2] {
-        workload::wait_rows(&primary, standby);
-    }
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1, standby2],
+        receivers: [mut receiver],
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .standbys(["standby1", "standby2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
     let rows_before = standby1.psql("select count(*) from t");
 
     // The candidate is cut off; the relay holds at what it confirmed while the primary writes on.
@@ -490,7 +412,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
     workload::insert_rows(&primary, 501..=1000);
     workload::switch_wal(&primary);
     workload::insert_rows(&primary, 1001..=1500);
-    let relay_end = wait_relay_flushed(&relay, flush_lsn(&primary));
+    let relay_end = relay.wait_flushed(primary.flush_lsn());
     // Everything is durable on the relay now: what it would serve, it has served.
     let status = relay.status();
     let limit = lsn(
@@ -507,10 +429,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
         assert!(sent <= limit, "downstream {d} was sent WAL past {limit}");
     }
     for standby in [&standby1, &standby2] {
-        let received = lsn(
-            "pg_last_wal_receive_lsn()",
-            &standby.psql("select pg_last_wal_receive_lsn()"),
-        );
+        let received = standby.receive_lsn();
         assert!(
             received <= limit,
             "a standby received {received}, past {limit}"
@@ -525,7 +444,7 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
 
     primary.kill9();
     ha.promote();
-    let fork = fork_point(&ha, 2);
+    let fork = ha.fork_point(2);
     assert!(limit <= fork, "served up to {limit}, past the fork {fork}");
     wait_upstream(&relay, ha.port(), 2);
     workload::insert_rows(&ha, 1501..=2000);
@@ -549,19 +468,17 @@ fn crash_failover_with_failover_standby_every_downstream_follows() {
 /// it), then HA standby 1 to HA standby 2 (timeline 3). The relay's downstreams follow both.
 #[test]
 fn two_failovers_in_a_row() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha1 = PgCluster::ha_standby(&primary, "ha1");
-    let mut ha2 = PgCluster::ha_standby(&primary, "ha2");
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha1, &ha2]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    for standby in [&ha1, &ha2, &standby1] {
-        workload::wait_rows(&primary, standby);
-    }
+    let Topology {
+        mut primary,
+        candidates: [mut ha1, mut ha2],
+        relays: [mut relay],
+        standbys: [standby1],
+        receivers: [mut receiver],
+    } = Topology::primary_relay_standby()
+        .candidates(["ha1", "ha2"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
 
     primary.stop();
     ha1.promote();
@@ -576,7 +493,7 @@ fn two_failovers_in_a_row() {
 
     ha1.stop();
     ha2.promote();
-    ha2.psql(PIN_WAL);
+    ha2.pin_wal();
     wait_upstream(&relay, ha2.port(), 3);
     workload::insert_rows(&ha2, 1001..=1500);
     workload::wait_rows(&ha2, &standby1);
@@ -600,23 +517,17 @@ fn two_failovers_in_a_row() {
 /// upstream, `target_session_attrs=any`) → standby. The switch propagates down the chain.
 #[test]
 fn relay_chain_follows_failover() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay_a = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay_a");
-    relay_a.wait_ready();
-    let mut relay_b = Relay::start(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres target_session_attrs=any",
-            relay_a.port()
-        ),
-        "relay_b",
-    );
-    relay_b.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay_b.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay_a, mut relay_b],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .relays(["relay_a", "relay_b"])
+        .rows(1..=500)
+        .start();
     relay_a.wait_for_downstream("walrelay");
     let before = walreceiver(&standby);
 
@@ -648,20 +559,20 @@ fn relay_chain_follows_failover() {
 /// primary, fills in the rest of timeline 1 and follows timeline 2, and its downstreams follow.
 #[test]
 fn relay_killed_during_failover_converges() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    // Physical slots can be made on a standby; this one keeps the timeline 1 WAL that the
-    // relay will ask the new primary for.
-    ha.psql(PIN_WAL);
-    let mut relay = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    let receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        receivers: [receiver],
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        // Physical slots can be made on a standby; this one keeps the timeline 1 WAL that the
+        // relay will ask the new primary for.
+        .on_candidates(PgCluster::pin_wal)
+        .receivewal()
+        .rows(1..=500)
+        .start();
 
     relay.kill9();
     workload::insert_rows(&primary, 501..=1000);
@@ -701,9 +612,16 @@ fn assert_receivewal_followed_after_reconnect(receiver: &ReceiveWal, new_primary
 /// streams from its own cluster's primary.
 #[test]
 fn other_cluster_refused() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    primary.psql(PIN_WAL);
+    // The relay's store first holds the primary's WAL ...
+    let Topology {
+        mut primary,
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .on_primary(PgCluster::pin_wal)
+        .rows(1..=100)
+        .start();
     let other = PgCluster::init_primary("other");
     workload::create_table(&other);
     workload::insert_rows(&other, 1..=1000);
@@ -714,12 +632,6 @@ fn other_cluster_refused() {
         "two initdbs, one system identifier"
     );
 
-    // The relay's store first holds the primary's WAL ...
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=100);
-    workload::wait_rows(&primary, &standby1);
     let status = relay.stop();
     assert!(status.success(), "walrelay exited {status}");
 
@@ -768,7 +680,7 @@ fn other_cluster_refused() {
     );
     assert_switched_segment_identical(&primary, 1, &relay, None);
     let wal = relay.data_dir().join("wal");
-    let completed: Vec<String> = files_in(&wal)
+    let completed: Vec<String> = os::files_in(&wal)
         .into_iter()
         .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
@@ -790,23 +702,18 @@ fn other_cluster_refused() {
 /// in `diverged_downstreams`, and it follows the new timeline.
 #[test]
 fn failover_standby_partial_record_at_crash_is_no_divergence() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay = Relay::start_with(
-        &read_write_hosts(&[&primary, &ha]),
-        "relay",
-        &["--failover-standby", "ha"],
-    );
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
-    let before = flush_lsn(&primary);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .rows(1..=500)
+        .start();
+    let before = primary.flush_lsn();
 
     // One WAL record of 400 MB: while the backend copies it into the WAL buffers, finished
     // segments are flushed and the walsenders send them.
@@ -826,12 +733,6 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         )
         .parse()
         .expect("a pid");
-    let received = |server: &PgCluster| {
-        lsn(
-            "pg_last_wal_receive_lsn()",
-            &server.psql("select pg_last_wal_receive_lsn()"),
-        )
-    };
     // The backend runs in short bursts between SIGSTOPs until the HA standby has received
     // two segments of the record, so it is frozen mid-record however fast or loaded the
     // machine is.
@@ -842,7 +743,7 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         big.join()
     );
     wait_until("ha to receive part of the big record", || {
-        let r = received(&ha);
+        let r = ha.receive_lsn();
         if r.0 > before.0 + 2 * SEG_SIZE {
             return Ok(());
         }
@@ -854,8 +755,8 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         Err(format!("ha received {r}"))
     });
     let settled = wait_until("the stream to settle mid-record", || {
-        let flushed = flush_lsn(&primary);
-        let ha_at = received(&ha);
+        let flushed = primary.flush_lsn();
+        let ha_at = ha.receive_lsn();
         if ha_at == flushed {
             Ok(flushed)
         } else {
@@ -871,21 +772,18 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
             Err(format!("relay received {r}"))
         }
     });
-    let standby_at = received(&standby1);
+    let standby_at = standby1.receive_lsn();
     assert!(
         standby_at < relay_has,
         "standby1 received {standby_at}: part of the unfinished record the relay holds up to {relay_has}"
     );
     primary.kill9();
     let _ = big.join();
-    let replayed = lsn(
-        "pg_last_wal_replay_lsn()",
-        &standby1.psql("select pg_last_wal_replay_lsn()"),
-    );
+    let replayed = standby1.replay_lsn();
 
     ha.promote();
-    let fork = fork_point(&ha, 2);
-    let standby_at = received(&standby1);
+    let fork = ha.fork_point(2);
+    let standby_at = standby1.receive_lsn();
     eprintln!("fork {fork}; primary flushed {settled}; standby1 received {standby_at}, replayed {replayed}");
     assert!(
         standby_at <= fork && fork < settled,
@@ -926,36 +824,30 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
 /// through both relays.
 #[test]
 fn relay_chain_heals_after_divergence() {
-    let mut primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut ha = PgCluster::ha_standby(&primary, "ha");
-    let mut relay_a = Relay::start(&read_write_hosts(&[&primary, &ha]), "relay_a");
-    relay_a.wait_ready();
-    let mut relay_b = Relay::start(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres target_session_attrs=any",
-            relay_a.port()
-        ),
-        "relay_b",
-    );
-    relay_b.wait_ready();
-    let standby1 = PgCluster::basebackup_standby(&primary, "standby1", relay_b.port());
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &ha);
-    workload::wait_rows(&primary, &standby1);
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay_a, mut relay_b],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .relays(["relay_a", "relay_b"])
+        .rows(1..=500)
+        .start();
 
     cut_off(&primary, &ha, "ha");
     workload::insert_rows(&primary, 501..=1000);
     workload::wait_rows(&primary, &standby1);
     primary.kill9();
     ha.promote();
-    let fork = fork_point(&ha, 2);
+    let fork = ha.fork_point(2);
     wait_upstream(&relay_a, ha.port(), 2);
     wait_upstream(&relay_b, relay_a.port(), 2);
     for relay in [&relay_a, &relay_b] {
         let line = relay.wait_for_log("moved it to diverged/");
         eprintln!("{line}");
-        assert!(!files_in(&relay.data_dir().join("diverged")).is_empty());
+        assert!(!os::files_in(&relay.data_dir().join("diverged")).is_empty());
         assert_same_file(
             &relay.data_dir().join("wal/00000002.history"),
             &ha.pg_wal_dir().join("00000002.history"),
@@ -977,34 +869,22 @@ fn relay_chain_heals_after_divergence() {
     relay_b.assert_running();
 }
 
-/// The relay's upstream user, as operators create it: a role with REPLICATION and LOGIN, and
-/// `pg_read_all_stats`, which `--failover-standby` needs to read the candidates' positions in
-/// `pg_stat_replication` (without it PostgreSQL shows other sessions' positions as NULL).
-fn replication_role_conninfo(primary: &PgCluster, ha: &PgCluster, grant: bool) -> String {
-    primary.psql("create role replicator with login replication");
-    if grant {
-        primary.psql("grant pg_read_all_stats to replicator");
-    }
-    format!(
-        "host=127.0.0.1,127.0.0.1 port={},{} user=replicator target_session_attrs=read-write",
-        primary.port(),
-        ha.port()
-    )
-}
-
-/// `--failover-standby` with a non-superuser upstream role that has `pg_read_all_stats`: the
-/// candidate is seen, and holds when it goes missing.
+/// `--failover-standby` with a non-superuser upstream role, as operators create it: REPLICATION
+/// and LOGIN, and `pg_read_all_stats`, which `--failover-standby` needs to read the candidates'
+/// positions in `pg_stat_replication` (without it PostgreSQL shows other sessions' positions as
+/// NULL): the candidate is seen, and holds when it goes missing.
 #[test]
 fn failover_standby_with_a_replication_role() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let ha = PgCluster::ha_standby(&primary, "ha");
-    let upstream = replication_role_conninfo(&primary, &ha, true);
-    let mut relay = Relay::start_with(&upstream, "relay", &["--failover-standby", "ha"]);
-    relay.wait_ready();
-    relay.wait_status("failover standby ha confirmed on the primary", |s| {
-        s["failover"]["standbys"][0]["state"] == "confirmed"
-    });
+    let Topology {
+        primary,
+        candidates: [ha],
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .replicator_role(true)
+        .failover_standby("ha")
+        .start();
     cut_off(&primary, &ha, "ha");
     relay.wait_status("the relay holding for the missing ha", |s| {
         s["failover"]["holding"] == true && s["failover"]["standbys"][0]["state"] == "missing"
@@ -1018,10 +898,16 @@ fn failover_standby_with_a_replication_role() {
 /// that it cannot read the positions.
 #[test]
 fn failover_standby_without_stats_privilege_is_reported() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let ha = PgCluster::ha_standby(&primary, "ha");
-    let upstream = replication_role_conninfo(&primary, &ha, false);
+    let Topology {
+        primary,
+        candidates: [_ha],
+        relays: [relay],
+        ..
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .replicator_role(false)
+        .relay_args(&["--failover-standby", "ha"])
+        .start();
     let visible = crate::harness::pg::psql(
         &format!(
             "host=127.0.0.1 port={} user=replicator dbname=postgres",
@@ -1035,11 +921,9 @@ fn failover_standby_without_stats_privilege_is_reported() {
         visible, "ha:null",
         "what the relay's role sees of the candidate"
     );
-    let mut relay = Relay::start_with(&upstream, "relay", &["--failover-standby", "ha"]);
-    relay.wait_ready();
     // Writes make the watcher read pg_stat_replication again.
     workload::insert_rows(&primary, 1..=100);
-    wait_relay_flushed(&relay, flush_lsn(&primary));
+    relay.wait_flushed(primary.flush_lsn());
     let status = relay.wait_status("the watcher to have read the primary", |s| {
         s["failover"]["connected"] == true
     });

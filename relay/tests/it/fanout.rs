@@ -1,35 +1,30 @@
 //! Several downstreams share the relay's one upstream connection, and one of them coming and
 //! going disturbs none of the others.
 
-use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay};
-
-const RELAY_SLOT_RESTART_LSN: &str =
-    "select restart_lsn from pg_replication_slots where slot_name = 'relay'";
+use crate::harness::{wait_until, workload, Topology};
 
 #[test]
 fn many_downstreams_one_upstream() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby_a = PgCluster::basebackup_standby(&primary, "standby_a", relay.port());
-    let mut standby_b = PgCluster::basebackup_standby(&primary, "standby_b", relay.port());
-    let mut receiver = ReceiveWal::start(relay.port());
-    receiver.wait_streaming();
-
-    workload::insert_rows(&primary, 1..=500);
-    workload::wait_rows(&primary, &standby_a);
-    workload::wait_rows(&primary, &standby_b);
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby_a, mut standby_b],
+        receivers: [mut receiver],
+        ..
+    } = Topology::primary_relay()
+        .standbys(["standby_a", "standby_b"])
+        .receivewal()
+        .rows(1..=500)
+        .start();
     // pg_basebackup's own walsenders may take a moment to go; then only the relay is left.
     primary.wait_for_value(
         "the relay to be the primary's only replication connection",
         "select count(*) from pg_stat_replication",
         "1",
     );
-    let slot_before = lsn(
-        "relay slot restart_lsn",
-        &primary.psql(RELAY_SLOT_RESTART_LSN),
-    );
+    let slot_before = primary
+        .slot_restart_lsn("relay")
+        .expect("the relay's slot on the primary");
     let receiver_a = standby_a.psql("select pid from pg_stat_wal_receiver");
 
     // standby_b goes away and comes back while rows are written.
@@ -63,10 +58,9 @@ fn many_downstreams_one_upstream() {
         "the primary streams to the relay only"
     );
     wait_until("the relay's slot on the primary to advance", || {
-        let now = lsn(
-            "relay slot restart_lsn",
-            &primary.psql(RELAY_SLOT_RESTART_LSN),
-        );
+        let now = primary
+            .slot_restart_lsn("relay")
+            .expect("the relay's slot on the primary");
         if now > slot_before {
             Ok(now)
         } else {

@@ -31,8 +31,7 @@ fn lag_metric(relay: &Relay, unit: &str, name: &str, stage: &str) -> Option<f64>
 
 /// Makes a standby report often, so the test sees replies in seconds, not tens of seconds.
 fn report_every_second(standby: &PgCluster) {
-    standby.psql("alter system set wal_receiver_status_interval = '1s'");
-    standby.psql("select pg_reload_conf()");
+    standby.alter_system("wal_receiver_status_interval", "1s");
 }
 
 #[test]

@@ -1,30 +1,18 @@
 //! A relay stopped and started again resumes where it was, and its standbys follow by
 //! themselves.
 
-use crate::harness::{lsn, wait_until, workload, PgCluster, Relay};
+use crate::harness::{workload, Topology};
 
 #[test]
 fn relay_restart_resumes() {
-    let primary = PgCluster::init_primary("primary");
-    workload::create_table(&primary);
-    let mut relay = Relay::start(&primary.conninfo(), "relay");
-    relay.wait_ready();
-    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
-    workload::insert_rows(&primary, 1..=100);
-    workload::wait_rows(&primary, &standby);
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby().rows(1..=100).start();
 
-    let written = lsn(
-        "primary flush LSN",
-        &primary.psql("select pg_current_wal_flush_lsn()"),
-    );
-    let flushed = wait_until("the relay to report the rows flushed", || {
-        let flushed = relay.status_lsn("/upstream/flushed_lsn");
-        if flushed >= written {
-            Ok(flushed)
-        } else {
-            Err(format!("flushed_lsn {flushed} < primary's {written}"))
-        }
-    });
+    let flushed = relay.wait_flushed(primary.flush_lsn());
     let status = relay.stop();
     assert!(
         status.success(),

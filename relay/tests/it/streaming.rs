@@ -38,7 +38,7 @@ fn harness_selfcheck_standby_streams_from_primary() {
 /// is byte-identical to the primary's own file.
 fn receivewal_identical(primary: &PgCluster, port: u16) {
     // Keeps the primary's copies of the segments until they are compared.
-    primary.psql("select pg_create_physical_replication_slot('pin_wal', true)");
+    primary.pin_wal();
     let mut receiver = ReceiveWal::start(port);
     receiver.wait_streaming();
     let mut switched = Vec::new();

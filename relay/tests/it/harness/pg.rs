@@ -11,7 +11,10 @@ use std::thread;
 use std::time::Duration;
 
 use super::os::{self, TestDir};
-use super::{wait_until, WAIT};
+use super::tls::TestCerts;
+use walrelay::wal::Lsn;
+
+use super::{lsn, wait_until, WAIT};
 
 /// A PostgreSQL cluster. Dropping it stops the server (`pg_ctl stop -m immediate`).
 pub struct PgCluster {
@@ -195,6 +198,66 @@ impl PgCluster {
         );
     }
 
+    /// `alter system set NAME = 'VALUE'` and a reload: for settings a reload applies.
+    pub fn alter_system(&self, name: &str, value: &str) {
+        self.psql(&format!("alter system set {name} = '{value}'"));
+        self.psql("select pg_reload_conf()");
+    }
+
+    /// A physical slot `pin_wal` reserving WAL from now on, so that this server's segments are
+    /// still there to be compared with the relay's and pg_receivewal's copies later (on a
+    /// standby too: it keeps the WAL a relay will ask it for once promoted).
+    pub fn pin_wal(&self) {
+        self.psql("select pg_create_physical_replication_slot('pin_wal', true)");
+    }
+
+    /// `pg_current_wal_flush_lsn()` (a primary).
+    pub fn flush_lsn(&self) -> Lsn {
+        lsn(
+            "pg_current_wal_flush_lsn()",
+            &self.psql("select pg_current_wal_flush_lsn()"),
+        )
+    }
+
+    /// `pg_last_wal_receive_lsn()` (a standby).
+    pub fn receive_lsn(&self) -> Lsn {
+        lsn(
+            "pg_last_wal_receive_lsn()",
+            &self.psql("select pg_last_wal_receive_lsn()"),
+        )
+    }
+
+    /// `pg_last_wal_replay_lsn()` (a standby).
+    pub fn replay_lsn(&self) -> Lsn {
+        lsn(
+            "pg_last_wal_replay_lsn()",
+            &self.psql("select pg_last_wal_replay_lsn()"),
+        )
+    }
+
+    /// The `restart_lsn` of the physical slot `slot` here (for a relay's slot: the flush
+    /// position the relay last acknowledged); `None` when there is no such slot or no LSN.
+    pub fn slot_restart_lsn(&self, slot: &str) -> Option<Lsn> {
+        let out = self.psql(&format!(
+            "select restart_lsn from pg_replication_slots where slot_name = '{slot}'"
+        ));
+        (!out.is_empty()).then(|| lsn("slot restart_lsn", &out))
+    }
+
+    /// Where `timeline` forked from its parent on this promoted server: the switch point in
+    /// its history file (the last line's second field).
+    pub fn fork_point(&self, timeline: u32) -> Lsn {
+        let path = self.pg_wal_dir().join(format!("{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let field = text
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .and_then(|l| l.split('\t').nth(1))
+            .unwrap_or_else(|| panic!("{} has no switch point: {text:?}", path.display()));
+        lsn("switch point", field)
+    }
+
     /// The cluster's system identifier (`pg_control_system()`).
     pub fn system_identifier(&self) -> String {
         self.psql("select system_identifier from pg_control_system()")
@@ -240,7 +303,9 @@ impl PgCluster {
         )
     }
 
-    fn append_conf(&self, text: &str) {
+    /// Appends settings to `postgresql.conf` (later lines win); they take effect at the next
+    /// [`PgCluster::restart`] or reload.
+    pub fn append_conf(&self, text: &str) {
         let path = self.data_dir().join("postgresql.conf");
         let mut f = OpenOptions::new()
             .append(true)
@@ -248,6 +313,26 @@ impl PgCluster {
             .expect("open postgresql.conf");
         f.write_all(text.as_bytes())
             .expect("append to postgresql.conf");
+    }
+
+    /// Replaces `pg_hba.conf`; takes effect at the next restart or reload. Keep a line that
+    /// lets the harness's psql in (`host all postgres 127.0.0.1/32 trust`).
+    pub fn write_hba(&self, hba: &str) {
+        std::fs::write(self.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    }
+
+    /// Turns TLS on with `certs`' server certificate and restarts the server.
+    pub fn enable_ssl(&mut self, certs: &TestCerts) {
+        self.append_conf(&format!(
+            "# TLS, written by the test harness
+ssl = on
+ssl_cert_file = '{}'
+ssl_key_file = '{}'
+",
+            certs.server_cert().display(),
+            certs.server_key().display()
+        ));
+        self.restart();
     }
 
     pub fn port(&self) -> u16 {

@@ -9,16 +9,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 
 use serde_json::Value;
+use walrelay::wal::segment::{parse_wal_file_name, WalFileName};
 use walrelay::wal::Lsn;
 
 use super::os::{self, TestDir};
-use super::{http, lsn, wait_until, WAIT};
+use super::wire::ReplClient;
+use super::{http, lsn, wait_until, SEG_SIZE, WAIT};
 
 /// A running (or stopped) walrelay process. Dropping it kills the process.
 pub struct Relay {
     dir: TestDir,
     upstream: String,
-    slot: String,
+    /// `--slot`; `None` for [`Relay::start_without_upstream`].
+    slot: Option<String>,
     /// Further `walrelay run` flags (e.g. `--failover-standby NAME`), kept for restarts.
     extra_args: Vec<String>,
     listen_port: u16,
@@ -39,15 +42,26 @@ impl Relay {
         let dir = TestDir::new("relay");
         // Made beforehand, as an operator's unit (systemd StateDirectory=) would.
         std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
-        Relay::spawn_in(dir, upstream, slot, extra_args)
+        Relay::spawn_in(dir, upstream, Some(slot), extra_args)
+    }
+
+    /// `walrelay run` with no PostgreSQL behind it, for the tests of the HTTP endpoint and the
+    /// operator commands: its upstream is a closed port (it keeps retrying and serves `/status`
+    /// and `/metrics` meanwhile), no `--slot`. Waits until `/healthz` answers.
+    pub fn start_without_upstream(extra_args: &[&str]) -> Relay {
+        let dir = TestDir::new("relay");
+        std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
+        let mut relay = Relay::spawn_in(dir, "host=127.0.0.1 port=1 user=x", None, extra_args);
+        relay.wait_healthy();
+        relay
     }
 
     /// Spawns the relay in `dir`, whose `data` entry is ready.
-    fn spawn_in(dir: TestDir, upstream: &str, slot: &str, extra_args: &[&str]) -> Relay {
+    fn spawn_in(dir: TestDir, upstream: &str, slot: Option<&str>, extra_args: &[&str]) -> Relay {
         let mut relay = Relay {
             dir,
             upstream: upstream.to_string(),
-            slot: slot.to_string(),
+            slot: slot.map(str::to_string),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             listen_port: os::free_port(),
             http_port: os::free_port(),
@@ -80,10 +94,12 @@ impl Relay {
         }
         cmd.env("RUST_BACKTRACE", "1")
             .arg("run")
-            .args(["--upstream", &self.upstream])
-            .args(["--slot", &self.slot])
-            .args(["--listen", &format!("127.0.0.1:{}", self.listen_port)])
-            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--upstream", &self.upstream]);
+        if let Some(slot) = &self.slot {
+            cmd.args(["--slot", slot]);
+        }
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.listen_port)])
+            .args(["--http", &self.http_addr()])
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.extra_args)
@@ -139,6 +155,23 @@ impl Relay {
         }
     }
 
+    /// `host:port` of the HTTP endpoint, as `walrelay status --http` takes it.
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    /// Waits until `/healthz` answers 200 (the process runs and has bound its HTTP port).
+    pub fn wait_healthy(&mut self) {
+        wait_until("walrelay /healthz to answer 200", || {
+            self.assert_running();
+            match http::get(self.http_port, "/healthz") {
+                Ok((200, _)) => Ok(()),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+
     /// Waits until `/readyz` answers 200 (streaming from upstream and serving).
     pub fn wait_ready(&mut self) {
         wait_until("walrelay /readyz to answer 200", || {
@@ -156,7 +189,8 @@ impl Relay {
         http::get(self.http_port, path)
     }
 
-    fn get_ok(&self, path: &str) -> String {
+    /// GET `path`, expecting 200: the body.
+    pub fn get_ok(&self, path: &str) -> String {
         match self.http_get(path) {
             Ok((200, body)) => body,
             Ok((code, body)) => panic!("GET {path}: {code} {body}"),
@@ -178,6 +212,19 @@ impl Relay {
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("/status has no string at {pointer}: {status}"));
         lsn(&format!("/status {pointer}"), text)
+    }
+
+    /// Waits until `/status` says everything up to `target` is durable; returns the
+    /// `flushed_lsn` it saw.
+    pub fn wait_flushed(&self, target: Lsn) -> Lsn {
+        wait_until(&format!("the relay to flush up to {target}"), || {
+            let flushed = self.status_lsn("/upstream/flushed_lsn");
+            if flushed >= target {
+                Ok(flushed)
+            } else {
+                Err(format!("flushed_lsn {flushed}"))
+            }
+        })
     }
 
     /// Polls `/status` until `done` accepts it; returns that document.
@@ -218,7 +265,7 @@ impl Relay {
     pub fn status_command(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
             .arg("status")
-            .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--http", &self.http_addr()])
             .args(args)
             .env_remove("WALRELAY_HTTP")
             .output()
@@ -244,6 +291,48 @@ impl Relay {
         })
     }
 
+    /// Segment files in the store's `wal/` (complete and `.partial`), as `(name without the
+    /// suffix, partial)`, sorted by name.
+    pub fn segments(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = os::files_in(&self.data_dir().join("wal"))
+            .into_iter()
+            .filter_map(|n| match parse_wal_file_name(&n, SEG_SIZE) {
+                Some(WalFileName::Segment { partial, .. }) => {
+                    Some((n.trim_end_matches(".partial").to_string(), partial))
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Creates a physical slot on the relay that reserves WAL from its current end
+    /// (`CREATE_REPLICATION_SLOT slot PHYSICAL RESERVE_WAL`).
+    pub fn create_slot(&self, slot: &str) {
+        let mut client =
+            ReplClient::connect(self.port(), "test_slot_admin").expect("replication connection");
+        let reply = client
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"
+            ))
+            .expect("CREATE_REPLICATION_SLOT reply");
+        assert_eq!(reply.error, None, "CREATE_REPLICATION_SLOT {slot} failed");
+    }
+
+    /// `READ_REPLICATION_SLOT slot` on the relay: the slot's restart_lsn (`None` for no slot or
+    /// no LSN).
+    pub fn slot_restart_lsn(&self, slot: &str) -> Option<Lsn> {
+        let mut client =
+            ReplClient::connect(self.port(), "test_slot_admin").expect("replication connection");
+        let reply = client
+            .query(&format!("READ_REPLICATION_SLOT {slot}"))
+            .expect("READ_REPLICATION_SLOT reply");
+        assert_eq!(reply.error, None, "READ_REPLICATION_SLOT {slot} failed");
+        let restart = reply.rows.first()?.get(1)?.clone()?;
+        Some(lsn("READ_REPLICATION_SLOT restart_lsn", &restart))
+    }
+
     /// Clean stop: SIGTERM, then wait for the exit. Returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the relay is not running");
@@ -259,7 +348,6 @@ impl Relay {
     }
 
     /// Crash: SIGKILL and reap.
-    #[allow(dead_code)] // for the crash tests (brief §2.7)
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("the relay is not running");
         let _ = child.kill();
@@ -288,7 +376,7 @@ impl Relay {
         let dir = TestDir::new("relay");
         std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
             .expect("symlink the relay's data dir");
-        Relay::spawn_in(dir, upstream, slot, extra_args)
+        Relay::spawn_in(dir, upstream, Some(slot), extra_args)
     }
 
     /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code

@@ -2,17 +2,13 @@
 //! or `WALRELAY_TEST_PGBIN`): authentication methods, TLS modes, replication commands, the
 //! CopyBoth stream, multi-host and `target_session_attrs`.
 //!
-//! One cluster serves every scenario: the single `#[test]` starts it, runs the scenarios in
-//! order, reports all failures together, and stops the cluster (`pg_ctl stop -m immediate`,
-//! also on panic, from `Drop`). PostgreSQL refuses to run as root, so when the test runs as
-//! root the server commands run as the `postgres` OS user. The harness is deliberately local to
-//! this file.
+//! One cluster serves every scenario: the single `#[test]` starts it (a harness primary with
+//! TLS on, one role per authentication method and an hba line for each), runs the scenarios in
+//! order, reports all failures together, and the cluster stops when it drops (also on panic).
 
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -22,118 +18,43 @@ use walrelay::proto::replication::{now_pg, parse_server_copy, ServerCopyMessage,
 use walrelay::upstream::{connect, connect_any, CopyEvent, StartOutcome, UpstreamError};
 use walrelay::wal::Lsn;
 
-const SEG_SIZE: u64 = 16 << 20;
+use crate::harness::os::free_port;
+use crate::harness::tls::TestCerts;
+use crate::harness::{PgCluster, SEG_SIZE};
+
 const MD5_PW: &str = "md5 secret";
 const SCRAM_PW: &str = "scram's secret";
 
+/// Who may connect how: `nobody` has no line (28000), `norepl` has one but no REPLICATION
+/// attribute (42501). The `host all postgres` line is the harness's psql; it matches no
+/// replication connection.
+const HBA: &str = "local all all trust\n\
+                   host all postgres 127.0.0.1/32 trust\n\
+                   host replication trust_user 127.0.0.1/32 trust\n\
+                   host replication md5_user 127.0.0.1/32 md5\n\
+                   host replication scram_user 127.0.0.1/32 scram-sha-256\n\
+                   host replication norepl 127.0.0.1/32 trust\n";
+
+/// The server the scenarios run against, and the files they use beside it.
 struct Pg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
+    cluster: PgCluster,
+    /// The CA and server certificate; the scenarios' own files (pgpass) go in its dir too.
+    certs: TestCerts,
     port: u16,
-    as_postgres: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Pg {
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A server command, run as `postgres` when we are root.
-    fn server_cmd(&self, prog: &str) -> Command {
-        let path = self.bin.join(prog);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-
     fn start() -> Result<Pg> {
-        let bin = std::env::var_os("WALRELAY_TEST_PGBIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-        ensure!(
-            bin.join("initdb").exists(),
-            "PostgreSQL binaries not found in {}",
-            bin.display()
-        );
+        let certs = TestCerts::new();
+        let mut cluster = PgCluster::init_primary("upstream");
+        cluster.append_conf("# upstream_connection\nfsync = off\n");
+        cluster.write_hba(HBA);
+        cluster.enable_ssl(&certs);
         let pg = Pg {
-            dir: tempfile::tempdir()?,
-            bin,
-            port: free_port(),
-            as_postgres: running_as_root(),
+            port: cluster.port(),
+            cluster,
+            certs,
         };
-        let d = pg.dir.path();
-        pg.make_certs()?;
-        if pg.as_postgres {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(d))?;
-        }
-        run(pg.server_cmd("initdb").arg("-D").arg(pg.data()).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-N",
-            "-E",
-            "UTF8",
-        ]))?;
-        let conf = format!(
-            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\n\
-             max_wal_senders = 10\nfsync = off\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
-            pg.port,
-            d.display(),
-            pg.file("server.crt").display(),
-            pg.file("server.key").display()
-        );
-        append(&pg.data().join("postgresql.conf"), &conf)?;
-        std::fs::write(
-            pg.data().join("pg_hba.conf"),
-            "local all all trust\n\
-             host replication trust_user 127.0.0.1/32 trust\n\
-             host replication md5_user 127.0.0.1/32 md5\n\
-             host replication scram_user 127.0.0.1/32 scram-sha-256\n\
-             host replication norepl 127.0.0.1/32 trust\n",
-        )?;
-        run(pg
-            .server_cmd("pg_ctl")
-            .arg("-D")
-            .arg(pg.data())
-            .arg("-l")
-            .arg(pg.file("server.log"))
-            .args(["-w", "-t", "60", "start"]))?;
         pg.psql("CREATE ROLE trust_user LOGIN REPLICATION")?;
         pg.psql(&format!(
             "SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN REPLICATION PASSWORD '{MD5_PW}'"
@@ -146,107 +67,25 @@ impl Pg {
         Ok(pg)
     }
 
-    /// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it.
-    fn make_certs(&self) -> Result<()> {
-        let d = self.dir.path();
-        let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(d).args(args));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=walrelay test CA",
-        ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ])?;
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-sha256",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ])?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
-        Ok(())
+    fn data(&self) -> PathBuf {
+        self.cluster.data_dir()
+    }
+
+    /// A file in the certificates' dir: `ca.crt`, `server.crt`, or one a scenario writes.
+    fn file(&self, name: &str) -> PathBuf {
+        self.certs.dir().join(name)
     }
 
     fn psql(&self, sql: &str) -> Result<String> {
-        let out = run(Command::new(self.bin.join("psql"))
-            .arg("-X")
-            .arg("-h")
-            .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-Atq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ]))?;
-        Ok(out.trim().to_string())
+        self.cluster
+            .try_psql(sql)
+            .map_err(|e| anyhow!("psql {sql:?}: {e}"))
     }
 
     fn conninfo(&self, extra: &str) -> ConnInfo {
         let s = format!("host=127.0.0.1 port={} {extra}", self.port);
         ConnInfo::parse_with_env(&s, |_| None).expect("test conninfo parses")
     }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = self
-            .server_cmd("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
-
-fn append(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 fn server_code(r: Result<impl std::fmt::Debug, UpstreamError>) -> Result<String> {
@@ -677,13 +516,11 @@ fn upstream_connection_against_postgres_15() {
         }
     }
     if !failures.is_empty() {
-        let log = std::fs::read_to_string(pg.file("server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        // The cluster prints its log tail as it drops.
         panic!(
-            "{} scenario(s) failed:\n{}\n--- server.log (tail) ---\n{}",
+            "{} scenario(s) failed:\n{}",
             failures.len(),
-            failures.join("\n"),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            failures.join("\n")
         );
     }
 }

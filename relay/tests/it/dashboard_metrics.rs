@@ -4,11 +4,11 @@
 //! connected, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless);
 //! `walrelay_failover_*` only with `--failover-standby`, which the relay here is given.
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+
+use crate::harness::Relay;
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -106,8 +106,8 @@ fn dashboard_queries_only_exported_metrics() {
     }
 
     // With a failover standby named, so the walrelay_failover_* gauges are exported too.
-    let relay = common::Relay::start(&["--failover-standby", "ha1"]);
-    let metrics = relay.get("/metrics");
+    let relay = Relay::start_without_upstream(&["--failover-standby", "ha1"]);
+    let metrics = relay.metrics();
     let exported = exported(&metrics);
 
     let missing: Vec<_> = anywhere.difference(&exported).collect();

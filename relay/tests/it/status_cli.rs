@@ -1,12 +1,14 @@
 //! `walrelay status` against a real `walrelay run` (no PostgreSQL: the relay's upstream is a
 //! closed port, so it reports itself disconnected with no downstreams), and against nothing.
 
-mod common;
-
 use std::process::Command;
 
+use crate::harness::{os, Relay};
+
+const BIN: &str = env!("CARGO_BIN_EXE_walrelay");
+
 fn status(args: &[&str]) -> std::process::Output {
-    Command::new(common::BIN)
+    Command::new(BIN)
         .arg("status")
         .args(args)
         .env_remove("WALRELAY_HTTP")
@@ -16,9 +18,9 @@ fn status(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn status_table_and_json_from_a_running_relay() {
-    let relay = common::Relay::start(&[]);
+    let relay = Relay::start_without_upstream(&[]);
 
-    let out = status(&["--http", &relay.http]);
+    let out = status(&["--http", &relay.http_addr()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -30,14 +32,14 @@ fn status_table_and_json_from_a_running_relay() {
     assert!(stdout.lines().all(|l| l.chars().count() <= 100), "{stdout}");
 
     // The env var names the endpoint as `run --http` does.
-    let out = Command::new(common::BIN)
+    let out = Command::new(BIN)
         .arg("status")
-        .env("WALRELAY_HTTP", format!("http://{}/", relay.http))
+        .env("WALRELAY_HTTP", format!("http://{}/", relay.http_addr()))
         .output()
         .expect("run walrelay status");
     assert!(out.status.success(), "{out:?}");
 
-    let out = status(&["--http", &relay.http, "--json"]);
+    let out = status(&["--http", &relay.http_addr(), "--json"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).expect("UTF-8");
     // Pretty, and in the relay's own key order.
@@ -52,7 +54,7 @@ fn status_table_and_json_from_a_running_relay() {
 
 #[test]
 fn relay_not_reachable_exits_2() {
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", os::free_port());
     let out = status(&["--http", &addr]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stdout.is_empty());
