@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::Store;
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::segment::{partial_file_name, segment_file_name, DEFAULT_SEG_SIZE};
 use crate::wal::{Lsn, TimeLineId};
 
 /// How much is read and validated ahead at a time.
@@ -56,7 +56,7 @@ pub struct WalReader {
 impl WalReader {
     pub fn new(store: Arc<Store>) -> Self {
         let id = store.identity();
-        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(16 << 20);
+        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(DEFAULT_SEG_SIZE);
         let sysid = id.and_then(|i| i.system_identifier.parse().ok());
         WalReader {
             store,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{state, Durable, Store, WriterHealth};
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::segment::{partial_file_name, segment_file_name, DEFAULT_SEG_SIZE};
 use crate::wal::{Lsn, TimeLineId};
 
 /// Bytes written without fsync before a batch is cut even if more is queued.
@@ -111,7 +111,10 @@ pub fn spawn(store: Arc<Store>) -> (WriterHandle, std::thread::JoinHandle<()>) {
 fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
     let durable = store.durable();
     let mut w = Writer {
-        seg_size: store.identity().map(|i| i.seg_size).unwrap_or(16 << 20),
+        seg_size: store
+            .identity()
+            .map(|i| i.seg_size)
+            .unwrap_or(DEFAULT_SEG_SIZE),
         store,
         tli: durable.timeline,
         pos: None,
