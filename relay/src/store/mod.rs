@@ -10,7 +10,10 @@
 //!   at the segment's start.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
+mod diverged;
+pub mod histories;
 pub mod reader;
+pub mod record_ends;
 mod recover;
 pub mod retention;
 pub mod slots;
@@ -18,7 +21,7 @@ pub mod state;
 pub mod tail;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,8 +29,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::wal::segment::{history_file_name, parse_wal_file_name, WalFileName};
+use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
+use histories::Histories;
+use record_ends::RecordEnds;
 use slots::Slots;
 use state::RelayState;
 use tail::Tail;
@@ -69,9 +74,6 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
-/// Record ends remembered (about the last few hundred MB of WAL at typical record sizes).
-const RECORD_ENDS_KEPT: usize = 1 << 18;
-
 /// Health of ingest, as the writer last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterHealth {
@@ -86,12 +88,9 @@ pub struct Store {
     identity: RwLock<Option<Identity>>,
     durable_tx: watch::Sender<Durable>,
     health_tx: watch::Sender<WriterHealth>,
-    histories: RwLock<BTreeMap<TimeLineId, Bytes>>,
+    histories: Histories,
     tail: Mutex<Tail>,
-    /// Ends of the most recent valid records, per timeline: where served WAL may be cut so a
-    /// downstream never holds a partial record past a bound, and what a fork point's next
-    /// record end is.
-    record_ends: Mutex<BTreeSet<(TimeLineId, Lsn)>>,
+    record_ends: RecordEnds,
     slots: Arc<Slots>,
     _lock: fs::File,
 }
@@ -161,13 +160,13 @@ impl Store {
         let (health_tx, _) = watch::channel(WriterHealth::default());
         Ok(Arc::new(Store {
             data_dir: data_dir.to_path_buf(),
+            histories: Histories::new(wal_dir.clone(), histories),
             wal_dir,
             identity: RwLock::new(identity),
             durable_tx,
             health_tx,
-            histories: RwLock::new(histories),
             tail: Mutex::new(Tail::default()),
-            record_ends: Mutex::new(BTreeSet::new()),
+            record_ends: RecordEnds::default(),
             slots,
             _lock: lock,
         }))
@@ -243,94 +242,28 @@ impl Store {
 
     /// The content of `tli`'s history file, byte-exact as received.
     pub fn history(&self, tli: TimeLineId) -> Option<Bytes> {
-        self.histories
-            .read()
-            .ok()
-            .and_then(|h| h.get(&tli).cloned())
+        self.histories.get(tli)
     }
 
-    /// Stores a history file (atomically; a file already there with the same bytes is kept).
+    /// Stores a history file (see [`Histories::save`]).
     pub fn save_history(&self, tli: TimeLineId, content: Bytes) -> Result<(), StoreError> {
-        if self.history(tli).as_deref() == Some(&content[..]) {
-            return Ok(());
-        }
-        let name = history_file_name(tli);
-        let tmp = self.wal_dir.join(format!("{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            fs::write(&tmp, &content)?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, self.wal_dir.join(&name))?;
-            state::fsync_dir(&self.wal_dir)
-        };
-        write().map_err(io_err(format!("write {name}")))?;
-        if let Ok(mut h) = self.histories.write() {
-            h.insert(tli, content);
-        }
-        Ok(())
+        self.histories.save(tli, content)
     }
 
-    /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/` (whole segments past
-    /// `at` are moved; the segment holding `at` is copied there and zeroed from `at` on in
-    /// place). Only the writer calls this. Returns the bytes of WAL moved aside.
+    /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/` (see [`diverged`]).
+    /// Only the writer calls this. Returns the bytes of WAL moved aside.
     pub(crate) fn move_diverged(&self, tli: TimeLineId, at: Lsn) -> std::io::Result<u64> {
-        use std::os::unix::fs::FileExt;
         let Some(id) = self.identity() else {
             return Ok(0);
         };
-        let seg_size = id.seg_size;
-        let diverged = self.data_dir.join("diverged");
-        fs::create_dir_all(&diverged)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let durable = self.durable();
-        let end = if durable.timeline == tli {
-            durable.lsn
-        } else {
-            Lsn(u64::MAX)
-        };
-        let mut moved = 0u64;
-        for entry in fs::read_dir(&self.wal_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(WalFileName::Segment { tli: t, segno, .. }) =
-                parse_wal_file_name(name, seg_size)
-            else {
-                continue;
-            };
-            if t != tli {
-                continue;
-            }
-            let seg_start = Lsn(segno * seg_size);
-            let seg_end = Lsn(seg_start.0 + seg_size);
-            if seg_end <= at {
-                continue;
-            }
-            let target = diverged.join(format!("{name}.{stamp}"));
-            if seg_start >= at {
-                fs::rename(entry.path(), &target)?;
-                moved += end.0.min(seg_end.0).saturating_sub(seg_start.0);
-            } else {
-                // The fork is inside this segment: keep a copy of it whole, then zero the
-                // diverged bytes in place so they can never be served.
-                fs::copy(entry.path(), &target)?;
-                let f = fs::OpenOptions::new().write(true).open(entry.path())?;
-                let off = at.segment_offset(seg_size);
-                let zeros = vec![0u8; (seg_size - off) as usize];
-                f.write_all_at(&zeros, off)?;
-                f.sync_all()?;
-                if !name.ends_with(".partial") {
-                    let partial = self.wal_dir.join(format!("{name}.partial"));
-                    fs::rename(entry.path(), partial)?;
-                }
-                moved += end.0.min(seg_end.0).saturating_sub(at.0);
-            }
-        }
-        state::fsync_dir(&self.wal_dir)?;
-        state::fsync_dir(&diverged)?;
-        Ok(moved)
+        diverged::move_aside(
+            &self.data_dir,
+            &self.wal_dir,
+            id.seg_size,
+            self.durable(),
+            tli,
+            at,
+        )
     }
 
     pub(crate) fn publish_durable(&self, d: Durable) {
@@ -358,30 +291,17 @@ impl Store {
     }
 
     pub(crate) fn note_record_ends(&self, tli: TimeLineId, new: &[Lsn]) {
-        if new.is_empty() {
-            return;
-        }
-        let mut ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.extend(new.iter().map(|l| (tli, *l)));
-        while ends.len() > RECORD_ENDS_KEPT {
-            ends.pop_first();
-        }
+        self.record_ends.note(tli, new);
     }
 
     /// The end of the last known record of `tli` at or before `lsn`.
     pub fn record_end_at_or_before(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
-        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.range((tli, Lsn(0))..=(tli, lsn))
-            .next_back()
-            .map(|(_, l)| *l)
+        self.record_ends.at_or_before(tli, lsn)
     }
 
     /// The end of the first known record of `tli` that ends after `lsn`.
     pub fn record_end_after(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
-        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.range((tli, Lsn(lsn.0 + 1))..=(tli, Lsn(u64::MAX)))
-            .next()
-            .map(|(_, l)| *l)
+        self.record_ends.after(tli, lsn)
     }
 
     pub(crate) fn tail_clear(&self) {

@@ -1,0 +1,82 @@
+//! Moving WAL aside that the relay held past a new primary's fork point.
+//!
+//! Owns: `<data-dir>/diverged/`. Whole segments of the timeline past the fork are moved
+//! there; the segment holding the fork point is copied there whole and zeroed from the fork
+//! point on in place (and named `.partial` again, since it is no longer complete).
+//!
+//! Invariants: runs on the writer thread only (with nothing open for writing), so no segment
+//! it touches is being written; diverged bytes are kept, never served and never silently lost;
+//! both directories are fsynced before the caller publishes the lowered durable position.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::state;
+use super::Durable;
+use crate::wal::segment::{parse_wal_file_name, WalFileName};
+use crate::wal::{Lsn, TimeLineId};
+
+/// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/`. `durable` is the store's
+/// durable position (it bounds how many bytes count as moved). Returns the bytes of WAL moved
+/// aside.
+pub(super) fn move_aside(
+    data_dir: &Path,
+    wal_dir: &Path,
+    seg_size: u64,
+    durable: Durable,
+    tli: TimeLineId,
+    at: Lsn,
+) -> std::io::Result<u64> {
+    let diverged = data_dir.join("diverged");
+    fs::create_dir_all(&diverged)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let end = if durable.timeline == tli {
+        durable.lsn
+    } else {
+        Lsn(u64::MAX)
+    };
+    let mut moved = 0u64;
+    for entry in fs::read_dir(wal_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(WalFileName::Segment { tli: t, segno, .. }) = parse_wal_file_name(name, seg_size)
+        else {
+            continue;
+        };
+        if t != tli {
+            continue;
+        }
+        let seg_start = Lsn(segno * seg_size);
+        let seg_end = Lsn(seg_start.0 + seg_size);
+        if seg_end <= at {
+            continue;
+        }
+        let target = diverged.join(format!("{name}.{stamp}"));
+        if seg_start >= at {
+            fs::rename(entry.path(), &target)?;
+            moved += end.0.min(seg_end.0).saturating_sub(seg_start.0);
+        } else {
+            // The fork is inside this segment: keep a copy of it whole, then zero the
+            // diverged bytes in place so they can never be served.
+            fs::copy(entry.path(), &target)?;
+            let f = fs::OpenOptions::new().write(true).open(entry.path())?;
+            let off = at.segment_offset(seg_size);
+            let zeros = vec![0u8; (seg_size - off) as usize];
+            f.write_all_at(&zeros, off)?;
+            f.sync_all()?;
+            if !name.ends_with(".partial") {
+                let partial = wal_dir.join(format!("{name}.partial"));
+                fs::rename(entry.path(), partial)?;
+            }
+            moved += end.0.min(seg_end.0).saturating_sub(at.0);
+        }
+    }
+    state::fsync_dir(wal_dir)?;
+    state::fsync_dir(&diverged)?;
+    Ok(moved)
+}

@@ -1,0 +1,60 @@
+//! Timeline history files (`wal/NNNNNNNN.history`), kept byte-exact as the upstream sent them.
+//!
+//! Owns: the in-memory copy of every stored history file, and writing new ones.
+//!
+//! Invariants: the in-memory map only holds what is on disk: a history file is written
+//! durably (temp, fsync, rename, fsync dir) before it is added, so `IDENTIFY_SYSTEM` and
+//! `TIMELINE_HISTORY` never answer with a file a crash could lose. A file already stored with
+//! the same bytes is not written again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use super::state;
+use super::{io_err, StoreError};
+use crate::wal::segment::history_file_name;
+use crate::wal::TimeLineId;
+
+pub struct Histories {
+    wal_dir: PathBuf,
+    files: RwLock<BTreeMap<TimeLineId, Bytes>>,
+}
+
+impl Histories {
+    /// The history files found at open (already on disk).
+    pub(super) fn new(wal_dir: PathBuf, files: BTreeMap<TimeLineId, Bytes>) -> Self {
+        Histories {
+            wal_dir,
+            files: RwLock::new(files),
+        }
+    }
+
+    /// The content of `tli`'s history file, byte-exact as received.
+    pub fn get(&self, tli: TimeLineId) -> Option<Bytes> {
+        self.files.read().ok().and_then(|h| h.get(&tli).cloned())
+    }
+
+    /// Stores a history file (atomically; a file already there with the same bytes is kept).
+    pub fn save(&self, tli: TimeLineId, content: Bytes) -> Result<(), StoreError> {
+        if self.get(tli).as_deref() == Some(&content[..]) {
+            return Ok(());
+        }
+        let name = history_file_name(tli);
+        let tmp = self.wal_dir.join(format!("{name}.tmp"));
+        let write = || -> std::io::Result<()> {
+            fs::write(&tmp, &content)?;
+            fs::File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, self.wal_dir.join(&name))?;
+            state::fsync_dir(&self.wal_dir)
+        };
+        write().map_err(io_err(format!("write {name}")))?;
+        if let Ok(mut h) = self.files.write() {
+            h.insert(tli, content);
+        }
+        Ok(())
+    }
+}
