@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::state;
+use super::fs::fsync_dir;
 use super::Durable;
 use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
@@ -76,7 +76,7 @@ pub(super) fn move_aside(
             moved += end.0.min(seg_end.0).saturating_sub(at.0);
         }
     }
-    state::fsync_dir(wal_dir)?;
-    state::fsync_dir(&diverged)?;
+    fsync_dir(wal_dir)?;
+    fsync_dir(&diverged)?;
     Ok(moved)
 }

@@ -8,13 +8,12 @@
 //! the same bytes is not written again.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
 use bytes::Bytes;
 
-use super::state;
+use super::fs::durable_write;
 use super::{io_err, StoreError};
 use crate::wal::segment::history_file_name;
 use crate::wal::TimeLineId;
@@ -44,14 +43,8 @@ impl Histories {
             return Ok(());
         }
         let name = history_file_name(tli);
-        let tmp = self.wal_dir.join(format!("{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            fs::write(&tmp, &content)?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, self.wal_dir.join(&name))?;
-            state::fsync_dir(&self.wal_dir)
-        };
-        write().map_err(io_err(format!("write {name}")))?;
+        durable_write(&self.wal_dir.join(&name), &content)
+            .map_err(io_err(format!("write {name}")))?;
         if let Ok(mut h) = self.files.write() {
             h.insert(tli, content);
         }

@@ -11,6 +11,7 @@
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
 mod diverged;
+pub mod fs;
 pub mod histories;
 pub mod reader;
 pub mod record_ends;
@@ -22,7 +23,6 @@ pub mod tail;
 pub mod writer;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -92,27 +92,26 @@ pub struct Store {
     tail: Mutex<Tail>,
     record_ends: RecordEnds,
     slots: Arc<Slots>,
-    _lock: fs::File,
+    _lock: std::fs::File,
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` and recovers its durable position.
     pub fn open(data_dir: &Path) -> Result<Arc<Store>, StoreError> {
-        fs::create_dir_all(data_dir).map_err(io_err(format!("create {}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(io_err(format!("create {}", data_dir.display())))?;
         let wal_dir = data_dir.join("wal");
-        fs::create_dir_all(&wal_dir).map_err(io_err(format!("create {}", wal_dir.display())))?;
+        std::fs::create_dir_all(&wal_dir)
+            .map_err(io_err(format!("create {}", wal_dir.display())))?;
         let lock_path = data_dir.join("walrelay.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(format!("open {}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(data_dir.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock data directory")(e)),
-        }
+        let lock = match fs::lock_data_dir(&lock_path) {
+            Ok(lock) => lock,
+            Err(fs::LockError::Held) => return Err(StoreError::Locked(data_dir.into())),
+            Err(fs::LockError::Open(e)) => {
+                return Err(io_err(format!("open {}", lock_path.display()))(e))
+            }
+            Err(fs::LockError::Lock(e)) => return Err(io_err("lock data directory")(e)),
+        };
 
         let state = state::load(data_dir)?;
         let identity = state.as_ref().map(|s| Identity {
@@ -127,14 +126,14 @@ impl Store {
                 timeline: st.timeline,
                 lsn: st.flush(),
             };
-            for entry in fs::read_dir(&wal_dir).map_err(io_err("list wal directory"))? {
+            for entry in std::fs::read_dir(&wal_dir).map_err(io_err("list wal directory"))? {
                 let entry = entry.map_err(io_err("list wal directory"))?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
                 match parse_wal_file_name(name, id.seg_size) {
                     Some(WalFileName::History { tli }) => {
                         let content =
-                            fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
+                            std::fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
                         histories.insert(tli, Bytes::from(content));
                     }
                     // A complete segment beyond the recorded position: the state file was not

@@ -10,7 +10,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{io_err, state, Durable, Identity, StoreError};
+use super::fs::{durable_write, fsync_dir};
+use super::{io_err, Durable, Identity, StoreError};
 use crate::wal::scan::{find_end_of_wal, EndReason};
 use crate::wal::segment::{partial_file_name, segment_file_name};
 use crate::wal::Lsn;
@@ -74,9 +75,7 @@ fn scan_partial(
         let keep = torn_dir.join(format!("{name}.{:016X}", end.valid_end.0));
         let save = || -> std::io::Result<()> {
             fs::create_dir_all(&torn_dir)?;
-            fs::write(&keep, tail)?;
-            fs::File::open(&keep)?.sync_all()?;
-            state::fsync_dir(&torn_dir)?;
+            durable_write(&keep, tail)?;
             let f = fs::OpenOptions::new().write(true).open(&path)?;
             f.write_all_at(&vec![0u8; tail.len()], off)?;
             f.sync_all()
@@ -104,7 +103,7 @@ fn scan_partial(
     if end.valid_end == seg_end {
         let full = wal_dir.join(segment_file_name(durable.timeline, segno, seg_size));
         fs::rename(&path, &full).map_err(io_err(format!("rename {name}")))?;
-        state::fsync_dir(wal_dir).map_err(io_err("fsync wal directory"))?;
+        fsync_dir(wal_dir).map_err(io_err("fsync wal directory"))?;
         tracing::info!(segment = %name, "completed a segment that was whole but not yet renamed");
         return Ok((recovered, true));
     }

@@ -81,7 +81,7 @@ pub fn apply(store: &Store, cfg: RetentionConfig) -> std::io::Result<usize> {
         }
     }
     if removed > 0 {
-        super::state::fsync_dir(store.wal_dir())?;
+        super::fs::fsync_dir(store.wal_dir())?;
         tracing::info!(removed, keep_from = %h.keep_from, "removed old WAL segments");
     }
     slots.save_dirty();

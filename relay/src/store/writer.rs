@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{state, Durable, Store, WriterHealth};
+use super::fs::fsync_dir;
+use super::{Durable, Store, WriterHealth};
 use crate::wal::decoder::WalDecoder;
 use crate::wal::segment::{partial_file_name, segment_file_name, DEFAULT_SEG_SIZE};
 use crate::wal::{Lsn, TimeLineId};
@@ -335,7 +336,7 @@ impl Writer {
         // not in the middle of a segment.
         file.set_len(self.seg_size)
             .map_err(|e| format!("could not size WAL segment {}: {e}", partial.display()))?;
-        state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
+        fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
         Ok(OpenSegment {
             segno,
             file,
@@ -358,7 +359,7 @@ impl Writer {
             let to = dir.join(segment_file_name(self.tli, seg.segno, self.seg_size));
             fs::rename(&from, &to)
                 .map_err(|e| format!("could not rename {}: {e}", from.display()))?;
-            state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
+            fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
         }
         self.dirty = false;
         self.store.set_health(WriterHealth::default());
