@@ -2,7 +2,13 @@
 //! here.
 //!
 //! Owns: the durable whole-file write ([`durable_write`]: temp file, fsync, rename, fsync of
-//! the directory), directory fsync, and the data directory's lock.
+//! the directory), directory fsync, the data directory's lock, and segment files: opening and
+//! creating them, writing and fsyncing them, and the `.partial` rule ([`SegmentFile`],
+//! [`open_for_read`], [`rename_complete`]).
+//!
+//! The `.partial` rule: the segment being written is named `….partial` and pre-sized to the
+//! segment size; it gets its complete name only after it was written to its end and fsynced.
+//! Readers look for the complete name first, then the `.partial`.
 //!
 //! Invariants:
 //! - A small file under the data directory (`relay.state`, `slots/*.json`, history files,
@@ -10,10 +16,15 @@
 //!   every such write goes through [`durable_write`], and its new content counts as stored only
 //!   once it returned.
 //! - A rename or removal is durable only after [`fsync_dir`] of the directory it changed.
+//! - A segment file under its complete name is whole and fsynced (see [`rename_complete`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::{Lsn, TimeLineId};
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -68,6 +79,202 @@ pub fn lock_data_dir(path: &Path) -> Result<File, LockError> {
     }
 }
 
+/// One segment file: its timeline, number, and the segment size that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentId {
+    pub tli: TimeLineId,
+    pub segno: u64,
+    pub seg_size: u64,
+}
+
+impl SegmentId {
+    pub fn new(tli: TimeLineId, segno: u64, seg_size: u64) -> Self {
+        SegmentId {
+            tli,
+            segno,
+            seg_size,
+        }
+    }
+
+    /// The segment of `tli` that holds `lsn`.
+    pub fn holding(tli: TimeLineId, lsn: Lsn, seg_size: u64) -> Self {
+        Self::new(tli, lsn.segment(seg_size), seg_size)
+    }
+
+    /// The name of the complete segment (`TTTTTTTTXXXXXXXXYYYYYYYY`).
+    pub fn name(&self) -> String {
+        segment_file_name(self.tli, self.segno, self.seg_size)
+    }
+
+    /// The name while it is being written (`….partial`).
+    pub fn partial_name(&self) -> String {
+        partial_file_name(self.tli, self.segno, self.seg_size)
+    }
+
+    pub fn start(&self) -> Lsn {
+        Lsn(self.segno * self.seg_size)
+    }
+
+    pub fn end(&self) -> Lsn {
+        Lsn(self.start().0 + self.seg_size)
+    }
+}
+
+/// What was being done to a segment file when the I/O failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentOp {
+    /// Creating the `.partial` file of a new segment.
+    Create,
+    /// Reserving the whole segment on disk (`set_len`).
+    Size,
+    Write,
+    Fsync,
+    /// Renaming `.partial` to the complete name.
+    Rename,
+    /// Fsyncing the WAL directory after a creation or a rename.
+    FsyncDir,
+}
+
+/// An I/O failure on a segment file, typed by what was being done. The message keeps the words
+/// operators know from the log and `/readyz`; the OS error is part of it (and deliberately not
+/// a `source()`, so a `{:#}` chain does not print it twice).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct SegmentIoError {
+    pub op: SegmentOp,
+    /// The file (for [`SegmentOp::FsyncDir`], the directory).
+    pub path: PathBuf,
+    cause: io::Error,
+}
+
+impl SegmentIoError {
+    fn new(op: SegmentOp, path: &Path) -> impl FnOnce(io::Error) -> SegmentIoError + '_ {
+        move |cause| SegmentIoError {
+            op,
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+
+    /// The OS error (a full disk is `StorageFull`).
+    pub fn io(&self) -> &io::Error {
+        &self.cause
+    }
+
+    pub fn into_io(self) -> io::Error {
+        self.cause
+    }
+
+    fn message(&self) -> String {
+        let (path, e) = (self.path.display(), &self.cause);
+        match self.op {
+            SegmentOp::Create => format!("could not create WAL segment {path}: {e}"),
+            SegmentOp::Size => format!("could not size WAL segment {path}: {e}"),
+            SegmentOp::Write => format!("could not write to WAL segment: {e}"),
+            SegmentOp::Fsync => format!("could not fsync WAL segment: {e}"),
+            SegmentOp::Rename => format!("could not rename {path}: {e}"),
+            SegmentOp::FsyncDir => format!("could not fsync WAL directory: {e}"),
+        }
+    }
+}
+
+/// A segment file open for writing (the writer's). Renaming it from `.partial` to its complete
+/// name does not disturb the open file.
+pub struct SegmentFile {
+    pub id: SegmentId,
+    file: File,
+    path: PathBuf,
+    /// Open under its `.partial` name (else it was complete already).
+    partial: bool,
+}
+
+impl SegmentFile {
+    /// Opens segment `id` for writing, by the `.partial` rule: the `.partial` file if there is
+    /// one; else the complete file (bytes of a segment already complete are received again
+    /// when `relay.state` lagged: the same bytes are written again in place); else a new
+    /// `.partial`, sized to the whole segment, with the directory fsynced.
+    pub fn open_for_write(wal_dir: &Path, id: SegmentId) -> Result<SegmentFile, SegmentIoError> {
+        let partial = wal_dir.join(id.partial_name());
+        let open = |p: &Path| OpenOptions::new().write(true).open(p);
+        if let Ok(file) = open(&partial) {
+            return Ok(SegmentFile {
+                id,
+                file,
+                path: partial,
+                partial: true,
+            });
+        }
+        let full = wal_dir.join(id.name());
+        if let Ok(file) = open(&full) {
+            return Ok(SegmentFile {
+                id,
+                file,
+                path: full,
+                partial: false,
+            });
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(SegmentIoError::new(SegmentOp::Create, &partial))?;
+        // Reserve the whole segment now, as PostgreSQL does, so a full disk shows up here and
+        // not in the middle of a segment.
+        file.set_len(id.seg_size)
+            .map_err(SegmentIoError::new(SegmentOp::Size, &partial))?;
+        fsync_dir(wal_dir).map_err(SegmentIoError::new(SegmentOp::FsyncDir, wal_dir))?;
+        Ok(SegmentFile {
+            id,
+            file,
+            path: partial,
+            partial: true,
+        })
+    }
+
+    /// Writes `data` at offset `off` of the segment.
+    pub fn write_at(&self, data: &[u8], off: u64) -> Result<(), SegmentIoError> {
+        self.file
+            .write_all_at(data, off)
+            .map_err(SegmentIoError::new(SegmentOp::Write, &self.path))
+    }
+
+    /// Makes what was written durable (`fdatasync`: the size was fixed at creation).
+    pub fn sync(&self) -> Result<(), SegmentIoError> {
+        self.file
+            .sync_data()
+            .map_err(SegmentIoError::new(SegmentOp::Fsync, &self.path))
+    }
+
+    /// The segment is written to its end: fsync it, then give a `.partial` its complete name
+    /// (see [`rename_complete`]).
+    pub fn complete(self, wal_dir: &Path) -> Result<(), SegmentIoError> {
+        self.sync()?;
+        if self.partial {
+            rename_complete(wal_dir, self.id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renames the `.partial` file of `id` to its complete name and fsyncs the directory. The
+/// caller has fsynced the file: a complete name always means whole and durable.
+pub fn rename_complete(wal_dir: &Path, id: SegmentId) -> Result<(), SegmentIoError> {
+    let from = wal_dir.join(id.partial_name());
+    let to = wal_dir.join(id.name());
+    fs::rename(&from, &to).map_err(SegmentIoError::new(SegmentOp::Rename, &from))?;
+    fsync_dir(wal_dir).map_err(SegmentIoError::new(SegmentOp::FsyncDir, wal_dir))
+}
+
+/// Opens segment `id` for reading, complete or `.partial` (the complete name first: it is the
+/// final one). The writer may rename `.partial` between the two opens, so the complete name
+/// is tried again last.
+pub fn open_for_read(wal_dir: &Path, id: SegmentId) -> io::Result<File> {
+    let full = wal_dir.join(id.name());
+    File::open(&full)
+        .or_else(|_| File::open(wal_dir.join(id.partial_name())))
+        .or_else(|_| File::open(&full))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +292,35 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("relay.state")]);
         assert_eq!(tmp_path(&p), d.path().join("relay.state.tmp"));
+    }
+
+    #[test]
+    fn partial_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let seg_size = 1 << 20;
+        let id = SegmentId::new(1, 3, seg_size);
+        assert!(open_for_read(d.path(), id).is_err());
+        let f = SegmentFile::open_for_write(d.path(), id).unwrap();
+        let partial = d.path().join("000000010000000000000003.partial");
+        assert_eq!(fs::metadata(&partial).unwrap().len(), seg_size);
+        f.write_at(b"abc", 10).unwrap();
+        f.sync().unwrap();
+        // Readable while being written.
+        let mut buf = [0u8; 3];
+        open_for_read(d.path(), id)
+            .unwrap()
+            .read_exact_at(&mut buf, 10)
+            .unwrap();
+        assert_eq!(&buf, b"abc");
+        f.complete(d.path()).unwrap();
+        assert!(!partial.exists());
+        assert!(d.path().join(id.name()).exists());
+        // A complete segment is reopened in place, not created again.
+        let again = SegmentFile::open_for_write(d.path(), id).unwrap();
+        assert!(!again.partial);
+        again.complete(d.path()).unwrap();
+        assert!(!partial.exists());
+        assert_eq!(id.start(), Lsn(3 << 20));
+        assert_eq!(id.end(), Lsn(4 << 20));
     }
 }

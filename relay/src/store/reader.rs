@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::fs::{self, SegmentId};
 use super::Store;
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name, DEFAULT_SEG_SIZE};
+use crate::wal::segment::{segment_file_name, DEFAULT_SEG_SIZE};
 use crate::wal::{Lsn, TimeLineId};
 
 /// How much is read and validated ahead at a time.
@@ -122,16 +123,9 @@ impl WalReader {
     fn segment(&mut self, tli: TimeLineId, segno: u64) -> Result<&mut OpenSegment, ReadError> {
         let cached = matches!(&self.open, Some(s) if s.tli == tli && s.segno == segno);
         if !cached {
-            let dir = self.store.wal_dir();
-            let full = dir.join(segment_file_name(tli, segno, self.seg_size));
-            let partial = dir.join(partial_file_name(tli, segno, self.seg_size));
-            // The writer may rename `.partial` between the two opens: try the final name again.
-            let file = File::open(&full)
-                .or_else(|_| File::open(&partial))
-                .or_else(|_| File::open(&full))
-                .map_err(|_| {
-                    ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size))
-                })?;
+            let id = SegmentId::new(tli, segno, self.seg_size);
+            let file = fs::open_for_read(self.store.wal_dir(), id)
+                .map_err(|_| ReadError::SegmentMissing(id.name()))?;
             let mut decoder =
                 WalDecoder::new(Lsn(segno * self.seg_size), self.seg_size, self.sysid, None);
             decoder.set_timeline(tli);

@@ -10,11 +10,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::fs::{durable_write, fsync_dir};
+use super::fs::{durable_write, rename_complete, SegmentId, SegmentOp};
 use super::{io_err, Durable, Identity, StoreError};
 use crate::wal::scan::{find_end_of_wal, EndReason};
-use crate::wal::segment::{partial_file_name, segment_file_name};
-use crate::wal::Lsn;
 
 /// Returns the durable end after scanning the `.partial` segment that holds `durable` (if any).
 /// A `.partial` that turns out whole (the relay was killed between its last write and the
@@ -43,15 +41,17 @@ fn scan_partial(
     durable: Durable,
 ) -> Result<(Durable, bool), StoreError> {
     let seg_size = id.seg_size;
-    let segno = durable.lsn.segment(seg_size);
-    let name = partial_file_name(durable.timeline, segno, seg_size);
+    let seg = SegmentId::holding(durable.timeline, durable.lsn, seg_size);
+    // Only the segment being written can be incomplete: by the `.partial` rule it is the one
+    // under the `.partial` name.
+    let name = seg.partial_name();
     let path = wal_dir.join(&name);
     let data = match fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((durable, false)),
         Err(e) => return Err(io_err(format!("read {name}"))(e)),
     };
-    let seg_start = Lsn(segno * seg_size);
+    let seg_start = seg.start();
     let sysid = id.system_identifier.parse::<u64>().ok();
     let end = find_end_of_wal(&data, seg_start, seg_size, sysid, None);
     if end.valid_end < durable.lsn {
@@ -95,15 +95,15 @@ fn scan_partial(
     fs::File::open(&path)
         .and_then(|f| f.sync_all())
         .map_err(io_err(format!("fsync {name}")))?;
-    let seg_end = Lsn(seg_start.0 + seg_size);
     let recovered = Durable {
         timeline: durable.timeline,
         lsn: end.valid_end,
     };
-    if end.valid_end == seg_end {
-        let full = wal_dir.join(segment_file_name(durable.timeline, segno, seg_size));
-        fs::rename(&path, &full).map_err(io_err(format!("rename {name}")))?;
-        fsync_dir(wal_dir).map_err(io_err("fsync wal directory"))?;
+    if end.valid_end == seg.end() {
+        rename_complete(wal_dir, seg).map_err(|e| match e.op {
+            SegmentOp::FsyncDir => io_err("fsync wal directory")(e.into_io()),
+            _ => io_err(format!("rename {name}"))(e.into_io()),
+        })?;
         tracing::info!(segment = %name, "completed a segment that was whole but not yet renamed");
         return Ok((recovered, true));
     }

@@ -5,18 +5,16 @@
 //! Not cancel-safe by design: it runs on its own OS thread and finishes what it took from the
 //! queue. It stops when every sender is dropped, after a last fsync and state save.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::fs::fsync_dir;
+use super::fs::{SegmentFile, SegmentId};
 use super::{Durable, Store, WriterHealth};
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name, DEFAULT_SEG_SIZE};
+use crate::wal::segment::DEFAULT_SEG_SIZE;
 use crate::wal::{Lsn, TimeLineId};
 
 /// Bytes written without fsync before a batch is cut even if more is queued.
@@ -78,19 +76,13 @@ impl WriterHandle {
     }
 }
 
-struct OpenSegment {
-    segno: u64,
-    file: File,
-    partial: bool,
-}
-
 struct Writer {
     store: Arc<Store>,
     seg_size: u64,
     tli: TimeLineId,
     /// Next byte to write; `None` until a Start, and after a failure.
     pos: Option<Lsn>,
-    seg: Option<OpenSegment>,
+    seg: Option<SegmentFile>,
     /// Validates every byte written (page headers, record headers and CRC-32C); the durable
     /// position never passes its `valid_end`, so a record that fails is never served.
     decoder: Option<WalDecoder>,
@@ -282,9 +274,7 @@ impl Writer {
             let n = room.min(data.len());
             let (now, rest) = data.split_at(n);
             let seg = self.open_segment(segno)?;
-            seg.file
-                .write_all_at(now, off)
-                .map_err(|e| format!("could not write to WAL segment: {e}"))?;
+            seg.write_at(now, off).map_err(|e| e.to_string())?;
             self.dirty = true;
             self.unsynced += n as u64;
             lsn = Lsn(lsn.0 + n as u64);
@@ -297,51 +287,17 @@ impl Writer {
         Ok(())
     }
 
-    fn open_segment(&mut self, segno: u64) -> Result<&mut OpenSegment, String> {
-        if self.seg.as_ref().map(|s| s.segno) != Some(segno) {
-            self.seg = Some(self.open_file(segno)?);
-        }
-        self.seg
-            .as_mut()
-            .ok_or_else(|| "no open segment".to_string())
-    }
-
-    fn open_file(&self, segno: u64) -> Result<OpenSegment, String> {
-        let dir = self.store.wal_dir();
-        let full = dir.join(segment_file_name(self.tli, segno, self.seg_size));
-        let partial = dir.join(partial_file_name(self.tli, segno, self.seg_size));
-        let open = |p: &std::path::Path| OpenOptions::new().write(true).open(p);
-        if let Ok(file) = open(&partial) {
-            return Ok(OpenSegment {
-                segno,
-                file,
-                partial: true,
-            });
-        }
-        // Re-receiving bytes of a segment that is already complete (the state file lagged):
-        // the same bytes are written again in place.
-        if let Ok(file) = open(&full) {
-            return Ok(OpenSegment {
-                segno,
-                file,
-                partial: false,
-            });
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .map_err(|e| format!("could not create WAL segment {}: {e}", partial.display()))?;
-        // Reserve the whole segment now, as PostgreSQL does, so a full disk shows up here and
-        // not in the middle of a segment.
-        file.set_len(self.seg_size)
-            .map_err(|e| format!("could not size WAL segment {}: {e}", partial.display()))?;
-        fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
-        Ok(OpenSegment {
-            segno,
-            file,
-            partial: true,
-        })
+    /// The segment file `segno` of the current timeline, opened on first use.
+    fn open_segment(&mut self, segno: u64) -> Result<&SegmentFile, String> {
+        let seg = match self.seg.take() {
+            Some(s) if s.id.segno == segno => s,
+            _ => SegmentFile::open_for_write(
+                self.store.wal_dir(),
+                SegmentId::new(self.tli, segno, self.seg_size),
+            )
+            .map_err(|e| e.to_string())?,
+        };
+        Ok(self.seg.insert(seg))
     }
 
     /// The write position just reached a segment end: fsync, rename `.partial` to its final
@@ -350,17 +306,8 @@ impl Writer {
         let Some(seg) = self.seg.take() else {
             return Ok(());
         };
-        seg.file
-            .sync_data()
-            .map_err(|e| format!("could not fsync WAL segment: {e}"))?;
-        if seg.partial {
-            let dir = self.store.wal_dir();
-            let from = dir.join(partial_file_name(self.tli, seg.segno, self.seg_size));
-            let to = dir.join(segment_file_name(self.tli, seg.segno, self.seg_size));
-            fs::rename(&from, &to)
-                .map_err(|e| format!("could not rename {}: {e}", from.display()))?;
-            fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
-        }
+        seg.complete(self.store.wal_dir())
+            .map_err(|e| e.to_string())?;
         self.dirty = false;
         self.store.set_health(WriterHealth::default());
         self.publish();
@@ -395,13 +342,9 @@ impl Writer {
 
     fn sync(&mut self) {
         if self.dirty {
-            let r = self
-                .seg
-                .as_ref()
-                .map(|s| s.file.sync_data())
-                .unwrap_or(Ok(()));
+            let r = self.seg.as_ref().map(|s| s.sync()).unwrap_or(Ok(()));
             if let Err(e) = r {
-                self.fail(format!("could not fsync WAL segment: {e}"));
+                self.fail(e.to_string());
                 return;
             }
             self.dirty = false;
