@@ -12,9 +12,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::catalog::Catalog;
 use super::fs::fsync_dir;
 use super::Durable;
-use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
 
 /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/`. `durable` is the store's
@@ -39,39 +39,30 @@ pub(super) fn move_aside(
     } else {
         Lsn(u64::MAX)
     };
+    let catalog = Catalog::read(wal_dir, seg_size)?;
     let mut moved = 0u64;
-    for entry in fs::read_dir(wal_dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(WalFileName::Segment { tli: t, segno, .. }) = parse_wal_file_name(name, seg_size)
-        else {
-            continue;
-        };
-        if t != tli {
-            continue;
-        }
-        let seg_start = Lsn(segno * seg_size);
-        let seg_end = Lsn(seg_start.0 + seg_size);
+    for seg in catalog.segment_files_of(tli) {
+        let (seg_start, seg_end) = (seg.id.start(), seg.id.end());
         if seg_end <= at {
             continue;
         }
-        let target = diverged.join(format!("{name}.{stamp}"));
+        let path = catalog.path(&seg.name);
+        let target = diverged.join(format!("{}.{stamp}", seg.name));
         if seg_start >= at {
-            fs::rename(entry.path(), &target)?;
+            fs::rename(&path, &target)?;
             moved += end.0.min(seg_end.0).saturating_sub(seg_start.0);
         } else {
             // The fork is inside this segment: keep a copy of it whole, then zero the
             // diverged bytes in place so they can never be served.
-            fs::copy(entry.path(), &target)?;
-            let f = fs::OpenOptions::new().write(true).open(entry.path())?;
+            fs::copy(&path, &target)?;
+            let f = fs::OpenOptions::new().write(true).open(&path)?;
             let off = at.segment_offset(seg_size);
             let zeros = vec![0u8; (seg_size - off) as usize];
             f.write_all_at(&zeros, off)?;
             f.sync_all()?;
-            if !name.ends_with(".partial") {
-                let partial = wal_dir.join(format!("{name}.partial"));
-                fs::rename(entry.path(), partial)?;
+            // No longer whole: by the `.partial` rule it must not keep its complete name.
+            if !seg.partial {
+                fs::rename(&path, wal_dir.join(seg.id.partial_name()))?;
             }
             moved += end.0.min(seg_end.0).saturating_sub(at.0);
         }

@@ -13,6 +13,7 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
+use super::catalog::Catalog;
 use super::fs::durable_write;
 use super::{io_err, StoreError};
 use crate::wal::segment::history_file_name;
@@ -24,12 +25,26 @@ pub struct Histories {
 }
 
 impl Histories {
-    /// The history files found at open (already on disk).
-    pub(super) fn new(wal_dir: PathBuf, files: BTreeMap<TimeLineId, Bytes>) -> Self {
+    /// No history files yet (a new store).
+    pub(super) fn empty(wal_dir: PathBuf) -> Self {
         Histories {
             wal_dir,
-            files: RwLock::new(files),
+            files: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Reads the history files the catalogue found (at open).
+    pub(super) fn load(catalog: &Catalog) -> Result<Self, StoreError> {
+        let mut files = BTreeMap::new();
+        for (tli, name) in &catalog.histories {
+            let content =
+                std::fs::read(catalog.path(name)).map_err(io_err(format!("read {name}")))?;
+            files.insert(*tli, Bytes::from(content));
+        }
+        Ok(Histories {
+            wal_dir: catalog.dir().to_path_buf(),
+            files: RwLock::new(files),
+        })
     }
 
     /// The content of `tli`'s history file, byte-exact as received.

@@ -10,6 +10,7 @@
 //!   at the segment's start.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
+pub mod catalog;
 mod diverged;
 pub mod fs;
 pub mod histories;
@@ -22,15 +23,14 @@ pub mod state;
 pub mod tail;
 pub mod writer;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
+use catalog::Catalog;
 use histories::Histories;
 use record_ends::RecordEnds;
 use slots::Slots;
@@ -119,37 +119,22 @@ impl Store {
             seg_size: s.wal_segment_size,
             server_version: s.server_version.clone(),
         });
-        let mut histories = BTreeMap::new();
+        let mut histories = Histories::empty(wal_dir.clone());
         let mut durable = Durable::default();
         if let (Some(st), Some(id)) = (&state, &identity) {
             durable = Durable {
                 timeline: st.timeline,
                 lsn: st.flush(),
             };
-            for entry in std::fs::read_dir(&wal_dir).map_err(io_err("list wal directory"))? {
-                let entry = entry.map_err(io_err("list wal directory"))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                match parse_wal_file_name(name, id.seg_size) {
-                    Some(WalFileName::History { tli }) => {
-                        let content =
-                            std::fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
-                        histories.insert(tli, Bytes::from(content));
-                    }
-                    // A complete segment beyond the recorded position: the state file was not
-                    // rewritten after the segment was completed (crash); the segment was fsynced
-                    // before its rename, so all of it is durable.
-                    Some(WalFileName::Segment {
-                        tli,
-                        segno,
-                        partial: false,
-                    }) if tli == st.timeline => {
-                        let end = Lsn((segno + 1) * id.seg_size);
-                        if end > durable.lsn {
-                            durable.lsn = end;
-                        }
-                    }
-                    _ => {}
+            let catalog =
+                Catalog::read(&wal_dir, id.seg_size).map_err(io_err("list wal directory"))?;
+            histories = Histories::load(&catalog)?;
+            // A complete segment beyond the recorded position: the state file was not
+            // rewritten after the segment was completed (crash); the segment was fsynced
+            // before its rename, so all of it is durable.
+            if let Some(end) = catalog.complete_end(st.timeline) {
+                if end > durable.lsn {
+                    durable.lsn = end;
                 }
             }
             durable = recover::partial_tail(data_dir, &wal_dir, id, durable)?;
@@ -159,7 +144,7 @@ impl Store {
         let (health_tx, _) = watch::channel(WriterHealth::default());
         Ok(Arc::new(Store {
             data_dir: data_dir.to_path_buf(),
-            histories: Histories::new(wal_dir.clone(), histories),
+            histories,
             wal_dir,
             identity: RwLock::new(identity),
             durable_tx,

@@ -7,8 +7,8 @@
 
 use std::fs;
 
+use super::catalog::Catalog;
 use super::Store;
-use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +68,11 @@ pub fn apply(store: &Store, cfg: RetentionConfig) -> std::io::Result<usize> {
     }
     let keep_segno = h.keep_from.segment(id.seg_size);
     let mut removed = 0;
-    for entry in fs::read_dir(store.wal_dir())? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(WalFileName::Segment { segno, .. }) = parse_wal_file_name(name, id.seg_size) {
-            if segno < keep_segno {
-                fs::remove_file(entry.path())?;
-                tracing::debug!(segment = name, "removed WAL segment");
-                removed += 1;
-            }
-        }
+    let catalog = Catalog::read(store.wal_dir(), id.seg_size)?;
+    for seg in catalog.segment_files().filter(|s| s.id.segno < keep_segno) {
+        fs::remove_file(catalog.path(&seg.name))?;
+        tracing::debug!(segment = seg.name, "removed WAL segment");
+        removed += 1;
     }
     if removed > 0 {
         super::fs::fsync_dir(store.wal_dir())?;
