@@ -17,6 +17,14 @@
 //!   once it returned.
 //! - A rename or removal is durable only after [`fsync_dir`] of the directory it changed.
 //! - A segment file under its complete name is whole and fsynced (see [`rename_complete`]).
+//!
+//! Fault injection: this is the seam where tests make the disk fail. With the `failpoints`
+//! cargo feature, the points `fs::durable-write::before-rename`, `fs::segment::create`,
+//! `fs::segment::write`, `fs::segment::fsync` and `fs::complete::before-rename` fail the
+//! operation with an injected OS error (ENOSPC for create and write, EIO otherwise) when
+//! configured with `fail::cfg(NAME, "return")`, or with `"return(TEXT)"` only for paths that
+//! contain TEXT (a test aims at its own temporary directory while other tests run). Without
+//! the feature the points compile to nothing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -25,6 +33,40 @@ use std::path::{Path, PathBuf};
 
 use crate::wal::segment::{partial_file_name, segment_file_name};
 use crate::wal::{Lsn, TimeLineId};
+
+/// A fail point (see the module doc): returns `Err(wrap(injected error))` from the enclosing
+/// function when configured.
+#[cfg(feature = "failpoints")]
+macro_rules! fail_point {
+    ($name:literal, $path:expr, $wrap:expr) => {
+        if let Some(e) = injected($name, $path) {
+            return Err(($wrap)(e));
+        }
+    };
+}
+
+#[cfg(not(feature = "failpoints"))]
+macro_rules! fail_point {
+    ($name:literal, $path:expr, $wrap:expr) => {};
+}
+
+/// The error a configured fail point injects for `path`, if it fires there.
+#[cfg(feature = "failpoints")]
+fn injected(name: &'static str, path: &Path) -> Option<io::Error> {
+    // ENOSPC where a full disk shows, EIO (a failing device) elsewhere.
+    let errno = if name == "fs::segment::create" || name == "fs::segment::write" {
+        28
+    } else {
+        5
+    };
+    fail::fail_point!(name, |only: Option<String>| {
+        match only {
+            Some(text) if !path.to_string_lossy().contains(text.as_str()) => None,
+            _ => Some(io::Error::from_raw_os_error(errno)),
+        }
+    });
+    None
+}
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -48,6 +90,11 @@ pub fn durable_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
+    fail_point!(
+        "fs::durable-write::before-rename",
+        path,
+        std::convert::identity
+    );
     fs::rename(&tmp, path)?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
 }
@@ -213,11 +260,13 @@ impl SegmentFile {
                 partial: false,
             });
         }
+        let create_err = SegmentIoError::new(SegmentOp::Create, &partial);
+        fail_point!("fs::segment::create", &partial, create_err);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&partial)
-            .map_err(SegmentIoError::new(SegmentOp::Create, &partial))?;
+            .map_err(create_err)?;
         // Reserve the whole segment now, as PostgreSQL does, so a full disk shows up here and
         // not in the middle of a segment.
         file.set_len(id.seg_size)
@@ -233,16 +282,16 @@ impl SegmentFile {
 
     /// Writes `data` at offset `off` of the segment.
     pub fn write_at(&self, data: &[u8], off: u64) -> Result<(), SegmentIoError> {
-        self.file
-            .write_all_at(data, off)
-            .map_err(SegmentIoError::new(SegmentOp::Write, &self.path))
+        let err = SegmentIoError::new(SegmentOp::Write, &self.path);
+        fail_point!("fs::segment::write", &self.path, err);
+        self.file.write_all_at(data, off).map_err(err)
     }
 
     /// Makes what was written durable (`fdatasync`: the size was fixed at creation).
     pub fn sync(&self) -> Result<(), SegmentIoError> {
-        self.file
-            .sync_data()
-            .map_err(SegmentIoError::new(SegmentOp::Fsync, &self.path))
+        let err = SegmentIoError::new(SegmentOp::Fsync, &self.path);
+        fail_point!("fs::segment::fsync", &self.path, err);
+        self.file.sync_data().map_err(err)
     }
 
     /// The segment is written to its end: fsync it, then give a `.partial` its complete name
@@ -261,7 +310,9 @@ impl SegmentFile {
 pub fn rename_complete(wal_dir: &Path, id: SegmentId) -> Result<(), SegmentIoError> {
     let from = wal_dir.join(id.partial_name());
     let to = wal_dir.join(id.name());
-    fs::rename(&from, &to).map_err(SegmentIoError::new(SegmentOp::Rename, &from))?;
+    let err = SegmentIoError::new(SegmentOp::Rename, &from);
+    fail_point!("fs::complete::before-rename", &from, err);
+    fs::rename(&from, &to).map_err(err)?;
     fsync_dir(wal_dir).map_err(SegmentIoError::new(SegmentOp::FsyncDir, wal_dir))
 }
 
@@ -322,5 +373,22 @@ mod tests {
         assert!(!partial.exists());
         assert_eq!(id.start(), Lsn(3 << 20));
         assert_eq!(id.end(), Lsn(4 << 20));
+    }
+
+    /// A durable write that fails before its rename leaves the old file whole.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_failed_durable_write_keeps_the_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("relay.state");
+        durable_write(&p, b"old").unwrap();
+        {
+            let only_here = format!("return({})", d.path().display());
+            let _g = fail::FailGuard::new("fs::durable-write::before-rename", &only_here).unwrap();
+            assert!(durable_write(&p, b"new").is_err());
+        }
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        durable_write(&p, b"new").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
     }
 }

@@ -567,4 +567,60 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A failed fsync (injected at the fs seam) is reported as a typed error, stops ingest, and
+    /// publishes nothing: the durable watch does not move. A new stream from the durable end
+    /// goes on once the disk is back.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_failed_fsync_is_typed_and_publishes_nothing() {
+        use super::super::fs::SegmentOp;
+        let dir = tempfile::tempdir().unwrap();
+        let store = fixture_store(dir.path());
+        let mut w = Writer::new(store.clone());
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        w.start(1, start).unwrap();
+        let durable_rx = store.subscribe();
+        let before = store.durable();
+        // Half a segment: written, not yet fsynced (no segment end reached).
+        let bytes = f.bytes_from(f.first_segno());
+        let half = &bytes[..SEG as usize / 2];
+        w.write(start, half).unwrap();
+        {
+            // Only this test's files fail: other tests run meanwhile.
+            let only_here = format!("return({})", dir.path().display());
+            let _fsync = fail::FailGuard::new("fs::segment::fsync", &only_here).unwrap();
+            match w.fsync_written() {
+                Err(WriteError::Io(e)) => {
+                    assert_eq!(e.op, SegmentOp::Fsync);
+                    assert!(e.path.starts_with(dir.path()), "{}", e.path.display());
+                    assert!(
+                        e.to_string().starts_with("could not fsync WAL segment: "),
+                        "{e}"
+                    );
+                }
+                other => panic!("expected a typed fsync error, got {other:?}"),
+            }
+            // The batch end as the writer thread runs it: ingest stops, reported.
+            w.sync();
+            assert_eq!(store.durable(), before);
+            assert!(!durable_rx.has_changed().unwrap(), "durable moved");
+            let health = store.health().borrow().error.clone();
+            assert!(
+                health
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("could not fsync WAL segment")),
+                "{health:?}"
+            );
+            assert!(matches!(w.write(start, half), Err(WriteError::NotStarted)));
+        }
+        // The disk is back: the upstream session restarts the stream at the durable end.
+        w.start(1, before.lsn).unwrap();
+        w.write(start, half).unwrap();
+        w.sync();
+        assert!(store.durable().lsn > before.lsn);
+        assert!(durable_rx.has_changed().unwrap());
+        assert!(store.health().borrow().error.is_none());
+    }
 }
