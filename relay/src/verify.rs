@@ -9,6 +9,9 @@
 //! zeros (the unwritten rest of a preallocated file), but not below the durable position that
 //! `relay.state` records.
 //!
+//! The directory is listed and classified by the store's catalogue
+//! ([`crate::store::catalog`]), so verify and the relay agree on what each file is.
+//!
 //! It only reads. It reports the first bad LSN and file for each damaged stretch (then carries
 //! on at the next segment, so one run shows all damage), and a summary per timeline.
 //! `run` returns the report; I/O failures and a missing directory are errors (exit 2),

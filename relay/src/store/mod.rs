@@ -1,9 +1,24 @@
-//! The relay's durable WAL store: standard segment files (`TTTTTTTTXXXXXXXXYYYYYYYY`, the one
-//! being written as `.partial`), timeline history files and `relay.state`, under
-//! `<data-dir>/wal/`.
+//! The relay's durable WAL store under `<data-dir>`: standard segment files in `wal/`
+//! (`TTTTTTTTXXXXXXXXYYYYYYYY`, the one being written as `.partial`), timeline history files
+//! beside them, `relay.state`, `slots/`, and WAL set aside in `diverged/` and `torn/`.
+//!
+//! [`Store`] is a thin handle: the lock, the identity, the durable and health watches, and
+//! one door to each room. The rooms:
+//! - [`fs`]: every file write (durable whole-file write, segment files, the `.partial` rule),
+//!   and the fault-injection seam;
+//! - [`catalog`]: what the files in `wal/` are (listed and classified once);
+//! - [`writer`] (the one writer thread), [`reader`] (walsenders' reads), [`tail`] (recent WAL
+//!   in memory), [`record_ends`] (where records end), [`histories`] (history files);
+//! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
+//!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`].
 //!
 //! Invariants:
-//! - Only the writer thread ([`writer`]) writes segment files.
+//! - Segment files are written by the writer thread ([`writer`]), and before it starts by
+//!   recovery at open (zeroing a torn tail, completing a whole `.partial`); moving diverged
+//!   WAL aside runs on the writer thread; retention only removes whole old segments.
+//! - Every file under the data directory is either absent or whole: small files go through
+//!   [`fs::durable_write`], a segment gets its complete name only once written to its end and
+//!   fsynced.
 //! - The durable position published on the `watch` channel ([`Store::subscribe`]) only moves
 //!   after the bytes below it were fsynced; walsenders never read past it.
 //! - Every segment file is whole from its first byte: streaming into a new segment file starts

@@ -2,6 +2,9 @@
 //! the bytes (they were validated as they arrived), else from the segment files, validated
 //! again as they are read: a byte damaged on disk since it was written stops the stream at the
 //! last valid record before it, with an error, and is never sent.
+//!
+//! Segment files are found by the `.partial` rule ([`super::fs::open_for_read`]); a reader
+//! never writes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use super::fs::{self, SegmentId};
 use super::Store;
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{segment_file_name, DEFAULT_SEG_SIZE};
+use crate::wal::segment::DEFAULT_SEG_SIZE;
 use crate::wal::{Lsn, TimeLineId};
 
 /// How much is read and validated ahead at a time.
@@ -96,7 +99,7 @@ impl WalReader {
         }
         let seg_size = self.seg_size;
         let segno = lsn.segment(seg_size);
-        let name = segment_file_name(tli, segno, seg_size);
+        let name = SegmentId::new(tli, segno, seg_size).name();
         let seg = self.segment(tli, segno)?;
         let need = Lsn(lsn.0 + want as u64);
         validate_until(seg, &name, need, limit, seg_size)?;
@@ -136,9 +139,9 @@ impl WalReader {
                 decoder,
             });
         }
-        self.open
-            .as_mut()
-            .ok_or_else(|| ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size)))
+        self.open.as_mut().ok_or_else(|| {
+            ReadError::SegmentMissing(SegmentId::new(tli, segno, self.seg_size).name())
+        })
     }
 }
 

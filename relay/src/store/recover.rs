@@ -5,6 +5,10 @@
 //! durable WAL ends, whatever `relay.state` said (it is only a lower bound, written now and
 //! then). Bytes after that end that are not zero (a torn write, or damage) are copied to
 //! `<data-dir>/torn/` and zeroed in place: they are never served, and never silently lost.
+//!
+//! Runs at open, before the writer starts: it is the only other code that writes segment
+//! files. The copy in `torn/` is a durable write ([`super::fs::durable_write`]); a `.partial`
+//! found whole gets its complete name by [`super::fs::rename_complete`].
 
 use std::fs;
 use std::os::unix::fs::FileExt;

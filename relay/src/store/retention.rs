@@ -3,7 +3,9 @@
 //! Keep everything from the oldest valid slot's `restart_lsn`, and at least `wal_keep_size`
 //! bytes behind the durable end; a slot that falls more than `max_slot_wal_keep_size` behind is
 //! invalidated (as PostgreSQL does) rather than allowed to fill the disk. The decision is a
-//! pure function ([`horizon`]); [`apply`] does the file work.
+//! pure function ([`horizon`]); [`apply`] does the file work: it removes whole segment files
+//! (of any timeline, complete or `.partial`) that the catalogue ([`super::catalog`]) lists
+//! wholly below the horizon, then fsyncs the directory.
 
 use std::fs;
 

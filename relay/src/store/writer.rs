@@ -4,6 +4,11 @@
 //!
 //! Not cancel-safe by design: it runs on its own OS thread and finishes what it took from the
 //! queue. It stops when every sender is dropped, after a last fsync and state save.
+//!
+//! Invariants: the durable position it publishes is the lower of what was fsynced and the end
+//! of the last record that passed validation; after any failure ([`WriteError`]) it publishes
+//! nothing and drops queued WAL until the next `Start`. Segment files are opened, written and
+//! fsynced through [`super::fs`], so the `.partial` rule holds and fail points can reach them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
