@@ -9,11 +9,10 @@
 //! both directories are fsynced before the caller publishes the lowered durable position.
 
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::catalog::Catalog;
-use super::fs::fsync_dir;
+use super::fs::{fsync_dir, zero_from};
 use super::Durable;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -55,11 +54,8 @@ pub(super) fn move_aside(
             // The fork is inside this segment: keep a copy of it whole, then zero the
             // diverged bytes in place so they can never be served.
             fs::copy(&path, &target)?;
-            let f = fs::OpenOptions::new().write(true).open(&path)?;
             let off = at.segment_offset(seg_size);
-            let zeros = vec![0u8; (seg_size - off) as usize];
-            f.write_all_at(&zeros, off)?;
-            f.sync_all()?;
+            zero_from(&path, off, seg_size - off)?;
             // No longer whole: by the `.partial` rule it must not keep its complete name.
             if !seg.partial {
                 fs::rename(&path, wal_dir.join(seg.id.partial_name()))?;

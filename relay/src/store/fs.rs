@@ -3,8 +3,8 @@
 //!
 //! Owns: the durable whole-file write ([`durable_write`]: temp file, fsync, rename, fsync of
 //! the directory), directory fsync, the data directory's lock, and segment files: opening and
-//! creating them, writing and fsyncing them, and the `.partial` rule ([`SegmentFile`],
-//! [`open_for_read`], [`rename_complete`]).
+//! creating them, writing, zeroing and fsyncing them, and the `.partial` rule
+//! ([`SegmentFile`], [`open_for_read`], [`rename_complete`], [`zero_from`]).
 //!
 //! The `.partial` rule: the segment being written is named `….partial` and pre-sized to the
 //! segment size; it gets its complete name only after it was written to its end and fsynced.
@@ -20,7 +20,8 @@
 //!
 //! Fault injection: this is the seam where tests make the disk fail. With the `failpoints`
 //! cargo feature, the points `fs::durable-write::before-rename`, `fs::segment::create`,
-//! `fs::segment::write`, `fs::segment::fsync` and `fs::complete::before-rename` fail the
+//! `fs::segment::write`, `fs::segment::fsync`, `fs::segment::zero` and
+//! `fs::complete::before-rename` fail the
 //! operation with an injected OS error (ENOSPC for create and write, EIO otherwise) when
 //! configured with `fail::cfg(NAME, "return")`, or with `"return(TEXT)"` only for paths that
 //! contain TEXT (a test aims at its own temporary directory while other tests run). Without
@@ -314,6 +315,17 @@ pub fn rename_complete(wal_dir: &Path, id: SegmentId) -> Result<(), SegmentIoErr
     fail_point!("fs::complete::before-rename", &from, err);
     fs::rename(&from, &to).map_err(err)?;
     fsync_dir(wal_dir).map_err(SegmentIoError::new(SegmentOp::FsyncDir, wal_dir))
+}
+
+/// Zeroes `len` bytes of the segment file at `path` from offset `off` on, in place, and
+/// fsyncs it: bytes past a torn record (recovery) or past a fork point (diverged WAL) can then
+/// never be served. The caller has kept a copy of them first.
+pub fn zero_from(path: &Path, off: u64, len: u64) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    fail_point!("fs::segment::zero", path, std::convert::identity);
+    f.write_all_at(&vec![0u8; len], off)?;
+    f.sync_all()
 }
 
 /// Opens segment `id` for reading, complete or `.partial` (the complete name first: it is the

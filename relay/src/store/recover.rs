@@ -11,10 +11,9 @@
 //! found whole gets its complete name by [`super::fs::rename_complete`].
 
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::fs::{durable_write, rename_complete, SegmentId, SegmentOp};
+use super::fs::{durable_write, rename_complete, zero_from, SegmentId, SegmentOp};
 use super::{io_err, Durable, Identity, StoreError};
 use crate::wal::scan::{find_end_of_wal, EndReason};
 
@@ -80,9 +79,7 @@ fn scan_partial(
         let save = || -> std::io::Result<()> {
             fs::create_dir_all(&torn_dir)?;
             durable_write(&keep, tail)?;
-            let f = fs::OpenOptions::new().write(true).open(&path)?;
-            f.write_all_at(&vec![0u8; tail.len()], off)?;
-            f.sync_all()
+            zero_from(&path, off, tail.len() as u64)
         };
         save().map_err(io_err(format!("set aside the torn tail of {name}")))?;
         tracing::warn!(
