@@ -9,6 +9,9 @@
 //! zeros (the unwritten rest of a preallocated file), but not below the durable position that
 //! `relay.state` records.
 //!
+//! The directory is listed and classified by the store's catalogue
+//! ([`crate::store::catalog`]), so verify and the relay agree on what each file is.
+//!
 //! It only reads. It reports the first bad LSN and file for each damaged stretch (then carries
 //! on at the next segment, so one run shows all damage), and a summary per timeline.
 //! `run` returns the report; I/O failures and a missing directory are errors (exit 2),
@@ -24,15 +27,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::store::catalog::Listing;
 use crate::store::state::{self, StateError, STATE_FILE};
 use crate::wal::decoder::{DecoderStatus, WalDecoder, ZeroPolicy};
 use crate::wal::history::parse_history;
 use crate::wal::page::{PageHeader, LONG_HEADER_LEN};
 use crate::wal::scan::first_nonzero;
-use crate::wal::segment::{
-    format_seg_size, is_valid_seg_size, parse_wal_file_name, segment_file_name, WalFileName,
-    MIN_SEG_SIZE,
-};
+use crate::wal::segment::{format_seg_size, is_valid_seg_size, segment_file_name, MIN_SEG_SIZE};
 use crate::wal::{Lsn, TimeLineId};
 
 /// Bytes read from a segment file at a time.
@@ -227,42 +228,31 @@ pub fn run(data_dir: &Path) -> anyhow::Result<VerifyReport> {
         }
     }
 
-    let names = list_names(&wal_dir)?;
+    let listing = Listing::read(&wal_dir).with_context(|| format!("list {}", wal_dir.display()))?;
     if report.seg_size.is_none() {
-        report.seg_size = detect_seg_size(&wal_dir, &names)?;
+        report.seg_size = detect_seg_size(&listing)?;
     }
     let seg_size = report.seg_size.unwrap_or(MIN_SEG_SIZE);
 
-    let mut histories: BTreeMap<TimeLineId, String> = BTreeMap::new();
+    let catalog = listing.classify(seg_size);
+    let histories = &catalog.histories;
     let mut segments: BTreeMap<TimeLineId, BTreeMap<u64, Vec<SegFile>>> = BTreeMap::new();
-    for name in &names {
-        match parse_wal_file_name(name, seg_size) {
-            Some(WalFileName::History { tli }) => {
-                histories.insert(tli, name.clone());
-            }
-            Some(WalFileName::Segment {
-                tli,
-                segno,
-                partial,
-            }) => {
-                let path = wal_dir.join(name);
-                let len = std::fs::metadata(&path)
-                    .with_context(|| format!("stat {}", path.display()))?
-                    .len();
-                segments
-                    .entry(tli)
-                    .or_default()
-                    .entry(segno)
-                    .or_default()
-                    .push(SegFile {
-                        name: name.clone(),
-                        path,
-                        partial,
-                        len,
-                    });
-            }
-            None => {}
-        }
+    for seg in catalog.segment_files() {
+        let path = catalog.path(&seg.name);
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        segments
+            .entry(seg.id.tli)
+            .or_default()
+            .entry(seg.id.segno)
+            .or_default()
+            .push(SegFile {
+                name: seg.name.clone(),
+                path,
+                partial: seg.partial,
+                len,
+            });
     }
     if report.seg_size.is_none() && !segments.is_empty() {
         let first = segments
@@ -282,7 +272,7 @@ pub fn run(data_dir: &Path) -> anyhow::Result<VerifyReport> {
         return Ok(report);
     }
 
-    for (tli, name) in &histories {
+    for (tli, name) in histories {
         check_history(&wal_dir, *tli, name, &mut report)?;
     }
     for tli in segments.keys() {
@@ -334,32 +324,11 @@ pub fn run(data_dir: &Path) -> anyhow::Result<VerifyReport> {
     Ok(report)
 }
 
-fn list_names(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("list {}", dir.display()))?;
-        if let Ok(name) = entry.file_name().into_string() {
-            if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Without relay.state: the segment size from the first segment file that starts with a
 /// valid long page header.
-fn detect_seg_size(dir: &Path, names: &[String]) -> anyhow::Result<Option<u64>> {
-    for name in names {
-        // Any segment size parses the name; 1 MB accepts every valid one.
-        if !matches!(
-            parse_wal_file_name(name, MIN_SEG_SIZE),
-            Some(WalFileName::Segment { .. })
-        ) {
-            continue;
-        }
-        let path = dir.join(name);
+fn detect_seg_size(listing: &Listing) -> anyhow::Result<Option<u64>> {
+    for name in listing.segment_names() {
+        let path = listing.dir().join(name);
         let mut head = Vec::with_capacity(LONG_HEADER_LEN);
         File::open(&path)
             .with_context(|| format!("open {}", path.display()))?

@@ -1,16 +1,36 @@
-//! The relay's durable WAL store: standard segment files (`TTTTTTTTXXXXXXXXYYYYYYYY`, the one
-//! being written as `.partial`), timeline history files and `relay.state`, under
-//! `<data-dir>/wal/`.
+//! The relay's durable WAL store under `<data-dir>`: standard segment files in `wal/`
+//! (`TTTTTTTTXXXXXXXXYYYYYYYY`, the one being written as `.partial`), timeline history files
+//! beside them, `relay.state`, `slots/`, and WAL set aside in `diverged/` and `torn/`.
+//!
+//! [`Store`] is a thin handle: the lock, the identity, the durable and health watches, and
+//! one door to each room. The rooms:
+//! - [`fs`]: every file write (durable whole-file write, segment files, the `.partial` rule),
+//!   and the fault-injection seam;
+//! - [`catalog`]: what the files in `wal/` are (listed and classified once);
+//! - [`writer`] (the one writer thread), [`reader`] (walsenders' reads), [`tail`] (recent WAL
+//!   in memory), [`record_ends`] (where records end), [`histories`] (history files);
+//! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
+//!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`].
 //!
 //! Invariants:
-//! - Only the writer thread ([`writer`]) writes segment files.
+//! - Segment files are written by the writer thread ([`writer`]), and before it starts by
+//!   recovery at open (zeroing a torn tail, completing a whole `.partial`); moving diverged
+//!   WAL aside runs on the writer thread; retention only removes whole old segments.
+//! - Every file under the data directory is either absent or whole: small files go through
+//!   [`fs::durable_write`], a segment gets its complete name only once written to its end and
+//!   fsynced.
 //! - The durable position published on the `watch` channel ([`Store::subscribe`]) only moves
 //!   after the bytes below it were fsynced; walsenders never read past it.
 //! - Every segment file is whole from its first byte: streaming into a new segment file starts
 //!   at the segment's start.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
+pub mod catalog;
+mod diverged;
+pub mod fs;
+pub mod histories;
 pub mod reader;
+pub mod record_ends;
 mod recover;
 pub mod retention;
 pub mod slots;
@@ -18,16 +38,16 @@ pub mod state;
 pub mod tail;
 pub mod writer;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::wal::segment::{history_file_name, parse_wal_file_name, WalFileName};
 use crate::wal::{Lsn, TimeLineId};
+use catalog::Catalog;
+use histories::Histories;
+use record_ends::RecordEnds;
 use slots::Slots;
 use state::RelayState;
 use tail::Tail;
@@ -69,9 +89,6 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
-/// Record ends remembered (about the last few hundred MB of WAL at typical record sizes).
-const RECORD_ENDS_KEPT: usize = 1 << 18;
-
 /// Health of ingest, as the writer last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterHealth {
@@ -86,34 +103,30 @@ pub struct Store {
     identity: RwLock<Option<Identity>>,
     durable_tx: watch::Sender<Durable>,
     health_tx: watch::Sender<WriterHealth>,
-    histories: RwLock<BTreeMap<TimeLineId, Bytes>>,
+    histories: Histories,
     tail: Mutex<Tail>,
-    /// Ends of the most recent valid records, per timeline: where served WAL may be cut so a
-    /// downstream never holds a partial record past a bound, and what a fork point's next
-    /// record end is.
-    record_ends: Mutex<BTreeSet<(TimeLineId, Lsn)>>,
+    record_ends: RecordEnds,
     slots: Arc<Slots>,
-    _lock: fs::File,
+    _lock: std::fs::File,
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `data_dir` and recovers its durable position.
     pub fn open(data_dir: &Path) -> Result<Arc<Store>, StoreError> {
-        fs::create_dir_all(data_dir).map_err(io_err(format!("create {}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(io_err(format!("create {}", data_dir.display())))?;
         let wal_dir = data_dir.join("wal");
-        fs::create_dir_all(&wal_dir).map_err(io_err(format!("create {}", wal_dir.display())))?;
+        std::fs::create_dir_all(&wal_dir)
+            .map_err(io_err(format!("create {}", wal_dir.display())))?;
         let lock_path = data_dir.join("walrelay.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(format!("open {}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(data_dir.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock data directory")(e)),
-        }
+        let lock = match fs::lock_data_dir(&lock_path) {
+            Ok(lock) => lock,
+            Err(fs::LockError::Held) => return Err(StoreError::Locked(data_dir.into())),
+            Err(fs::LockError::Open(e)) => {
+                return Err(io_err(format!("open {}", lock_path.display()))(e))
+            }
+            Err(fs::LockError::Lock(e)) => return Err(io_err("lock data directory")(e)),
+        };
 
         let state = state::load(data_dir)?;
         let identity = state.as_ref().map(|s| Identity {
@@ -121,37 +134,22 @@ impl Store {
             seg_size: s.wal_segment_size,
             server_version: s.server_version.clone(),
         });
-        let mut histories = BTreeMap::new();
+        let mut histories = Histories::empty(wal_dir.clone());
         let mut durable = Durable::default();
         if let (Some(st), Some(id)) = (&state, &identity) {
             durable = Durable {
                 timeline: st.timeline,
                 lsn: st.flush(),
             };
-            for entry in fs::read_dir(&wal_dir).map_err(io_err("list wal directory"))? {
-                let entry = entry.map_err(io_err("list wal directory"))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                match parse_wal_file_name(name, id.seg_size) {
-                    Some(WalFileName::History { tli }) => {
-                        let content =
-                            fs::read(entry.path()).map_err(io_err(format!("read {name}")))?;
-                        histories.insert(tli, Bytes::from(content));
-                    }
-                    // A complete segment beyond the recorded position: the state file was not
-                    // rewritten after the segment was completed (crash); the segment was fsynced
-                    // before its rename, so all of it is durable.
-                    Some(WalFileName::Segment {
-                        tli,
-                        segno,
-                        partial: false,
-                    }) if tli == st.timeline => {
-                        let end = Lsn((segno + 1) * id.seg_size);
-                        if end > durable.lsn {
-                            durable.lsn = end;
-                        }
-                    }
-                    _ => {}
+            let catalog =
+                Catalog::read(&wal_dir, id.seg_size).map_err(io_err("list wal directory"))?;
+            histories = Histories::load(&catalog)?;
+            // A complete segment beyond the recorded position: the state file was not
+            // rewritten after the segment was completed (crash); the segment was fsynced
+            // before its rename, so all of it is durable.
+            if let Some(end) = catalog.complete_end(st.timeline) {
+                if end > durable.lsn {
+                    durable.lsn = end;
                 }
             }
             durable = recover::partial_tail(data_dir, &wal_dir, id, durable)?;
@@ -161,13 +159,13 @@ impl Store {
         let (health_tx, _) = watch::channel(WriterHealth::default());
         Ok(Arc::new(Store {
             data_dir: data_dir.to_path_buf(),
+            histories,
             wal_dir,
             identity: RwLock::new(identity),
             durable_tx,
             health_tx,
-            histories: RwLock::new(histories),
             tail: Mutex::new(Tail::default()),
-            record_ends: Mutex::new(BTreeSet::new()),
+            record_ends: RecordEnds::default(),
             slots,
             _lock: lock,
         }))
@@ -243,94 +241,28 @@ impl Store {
 
     /// The content of `tli`'s history file, byte-exact as received.
     pub fn history(&self, tli: TimeLineId) -> Option<Bytes> {
-        self.histories
-            .read()
-            .ok()
-            .and_then(|h| h.get(&tli).cloned())
+        self.histories.get(tli)
     }
 
-    /// Stores a history file (atomically; a file already there with the same bytes is kept).
+    /// Stores a history file (see [`Histories::save`]).
     pub fn save_history(&self, tli: TimeLineId, content: Bytes) -> Result<(), StoreError> {
-        if self.history(tli).as_deref() == Some(&content[..]) {
-            return Ok(());
-        }
-        let name = history_file_name(tli);
-        let tmp = self.wal_dir.join(format!("{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            fs::write(&tmp, &content)?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, self.wal_dir.join(&name))?;
-            state::fsync_dir(&self.wal_dir)
-        };
-        write().map_err(io_err(format!("write {name}")))?;
-        if let Ok(mut h) = self.histories.write() {
-            h.insert(tli, content);
-        }
-        Ok(())
+        self.histories.save(tli, content)
     }
 
-    /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/` (whole segments past
-    /// `at` are moved; the segment holding `at` is copied there and zeroed from `at` on in
-    /// place). Only the writer calls this. Returns the bytes of WAL moved aside.
+    /// Moves the WAL of `tli` from `at` on into `<data-dir>/diverged/` (see [`diverged`]).
+    /// Only the writer calls this. Returns the bytes of WAL moved aside.
     pub(crate) fn move_diverged(&self, tli: TimeLineId, at: Lsn) -> std::io::Result<u64> {
-        use std::os::unix::fs::FileExt;
         let Some(id) = self.identity() else {
             return Ok(0);
         };
-        let seg_size = id.seg_size;
-        let diverged = self.data_dir.join("diverged");
-        fs::create_dir_all(&diverged)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let durable = self.durable();
-        let end = if durable.timeline == tli {
-            durable.lsn
-        } else {
-            Lsn(u64::MAX)
-        };
-        let mut moved = 0u64;
-        for entry in fs::read_dir(&self.wal_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(WalFileName::Segment { tli: t, segno, .. }) =
-                parse_wal_file_name(name, seg_size)
-            else {
-                continue;
-            };
-            if t != tli {
-                continue;
-            }
-            let seg_start = Lsn(segno * seg_size);
-            let seg_end = Lsn(seg_start.0 + seg_size);
-            if seg_end <= at {
-                continue;
-            }
-            let target = diverged.join(format!("{name}.{stamp}"));
-            if seg_start >= at {
-                fs::rename(entry.path(), &target)?;
-                moved += end.0.min(seg_end.0).saturating_sub(seg_start.0);
-            } else {
-                // The fork is inside this segment: keep a copy of it whole, then zero the
-                // diverged bytes in place so they can never be served.
-                fs::copy(entry.path(), &target)?;
-                let f = fs::OpenOptions::new().write(true).open(entry.path())?;
-                let off = at.segment_offset(seg_size);
-                let zeros = vec![0u8; (seg_size - off) as usize];
-                f.write_all_at(&zeros, off)?;
-                f.sync_all()?;
-                if !name.ends_with(".partial") {
-                    let partial = self.wal_dir.join(format!("{name}.partial"));
-                    fs::rename(entry.path(), partial)?;
-                }
-                moved += end.0.min(seg_end.0).saturating_sub(at.0);
-            }
-        }
-        state::fsync_dir(&self.wal_dir)?;
-        state::fsync_dir(&diverged)?;
-        Ok(moved)
+        diverged::move_aside(
+            &self.data_dir,
+            &self.wal_dir,
+            id.seg_size,
+            self.durable(),
+            tli,
+            at,
+        )
     }
 
     pub(crate) fn publish_durable(&self, d: Durable) {
@@ -358,30 +290,17 @@ impl Store {
     }
 
     pub(crate) fn note_record_ends(&self, tli: TimeLineId, new: &[Lsn]) {
-        if new.is_empty() {
-            return;
-        }
-        let mut ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.extend(new.iter().map(|l| (tli, *l)));
-        while ends.len() > RECORD_ENDS_KEPT {
-            ends.pop_first();
-        }
+        self.record_ends.note(tli, new);
     }
 
     /// The end of the last known record of `tli` at or before `lsn`.
     pub fn record_end_at_or_before(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
-        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.range((tli, Lsn(0))..=(tli, lsn))
-            .next_back()
-            .map(|(_, l)| *l)
+        self.record_ends.at_or_before(tli, lsn)
     }
 
     /// The end of the first known record of `tli` that ends after `lsn`.
     pub fn record_end_after(&self, tli: TimeLineId, lsn: Lsn) -> Option<Lsn> {
-        let ends = self.record_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.range((tli, Lsn(lsn.0 + 1))..=(tli, Lsn(u64::MAX)))
-            .next()
-            .map(|(_, l)| *l)
+        self.record_ends.after(tli, lsn)
     }
 
     pub(crate) fn tail_clear(&self) {

@@ -2,6 +2,9 @@
 //! the bytes (they were validated as they arrived), else from the segment files, validated
 //! again as they are read: a byte damaged on disk since it was written stops the stream at the
 //! last valid record before it, with an error, and is never sent.
+//!
+//! Segment files are found by the `.partial` rule ([`super::fs::open_for_read`]); a reader
+//! never writes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -9,9 +12,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::fs::{self, SegmentId};
 use super::Store;
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::segment::DEFAULT_SEG_SIZE;
 use crate::wal::{Lsn, TimeLineId};
 
 /// How much is read and validated ahead at a time.
@@ -56,7 +60,7 @@ pub struct WalReader {
 impl WalReader {
     pub fn new(store: Arc<Store>) -> Self {
         let id = store.identity();
-        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(16 << 20);
+        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(DEFAULT_SEG_SIZE);
         let sysid = id.and_then(|i| i.system_identifier.parse().ok());
         WalReader {
             store,
@@ -95,7 +99,7 @@ impl WalReader {
         }
         let seg_size = self.seg_size;
         let segno = lsn.segment(seg_size);
-        let name = segment_file_name(tli, segno, seg_size);
+        let name = SegmentId::new(tli, segno, seg_size).name();
         let seg = self.segment(tli, segno)?;
         let need = Lsn(lsn.0 + want as u64);
         validate_until(seg, &name, need, limit, seg_size)?;
@@ -122,16 +126,9 @@ impl WalReader {
     fn segment(&mut self, tli: TimeLineId, segno: u64) -> Result<&mut OpenSegment, ReadError> {
         let cached = matches!(&self.open, Some(s) if s.tli == tli && s.segno == segno);
         if !cached {
-            let dir = self.store.wal_dir();
-            let full = dir.join(segment_file_name(tli, segno, self.seg_size));
-            let partial = dir.join(partial_file_name(tli, segno, self.seg_size));
-            // The writer may rename `.partial` between the two opens: try the final name again.
-            let file = File::open(&full)
-                .or_else(|_| File::open(&partial))
-                .or_else(|_| File::open(&full))
-                .map_err(|_| {
-                    ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size))
-                })?;
+            let id = SegmentId::new(tli, segno, self.seg_size);
+            let file = fs::open_for_read(self.store.wal_dir(), id)
+                .map_err(|_| ReadError::SegmentMissing(id.name()))?;
             let mut decoder =
                 WalDecoder::new(Lsn(segno * self.seg_size), self.seg_size, self.sysid, None);
             decoder.set_timeline(tli);
@@ -142,9 +139,9 @@ impl WalReader {
                 decoder,
             });
         }
-        self.open
-            .as_mut()
-            .ok_or_else(|| ReadError::SegmentMissing(segment_file_name(tli, segno, self.seg_size)))
+        self.open.as_mut().ok_or_else(|| {
+            ReadError::SegmentMissing(SegmentId::new(tli, segno, self.seg_size).name())
+        })
     }
 }
 

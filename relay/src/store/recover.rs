@@ -5,15 +5,17 @@
 //! durable WAL ends, whatever `relay.state` said (it is only a lower bound, written now and
 //! then). Bytes after that end that are not zero (a torn write, or damage) are copied to
 //! `<data-dir>/torn/` and zeroed in place: they are never served, and never silently lost.
+//!
+//! Runs at open, before the writer starts: it is the only other code that writes segment
+//! files. The copy in `torn/` is a durable write ([`super::fs::durable_write`]); a `.partial`
+//! found whole gets its complete name by [`super::fs::rename_complete`].
 
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{io_err, state, Durable, Identity, StoreError};
+use super::fs::{durable_write, rename_complete, zero_from, SegmentId, SegmentOp};
+use super::{io_err, Durable, Identity, StoreError};
 use crate::wal::scan::{find_end_of_wal, EndReason};
-use crate::wal::segment::{partial_file_name, segment_file_name};
-use crate::wal::Lsn;
 
 /// Returns the durable end after scanning the `.partial` segment that holds `durable` (if any).
 /// A `.partial` that turns out whole (the relay was killed between its last write and the
@@ -42,15 +44,17 @@ fn scan_partial(
     durable: Durable,
 ) -> Result<(Durable, bool), StoreError> {
     let seg_size = id.seg_size;
-    let segno = durable.lsn.segment(seg_size);
-    let name = partial_file_name(durable.timeline, segno, seg_size);
+    let seg = SegmentId::holding(durable.timeline, durable.lsn, seg_size);
+    // Only the segment being written can be incomplete: by the `.partial` rule it is the one
+    // under the `.partial` name.
+    let name = seg.partial_name();
     let path = wal_dir.join(&name);
     let data = match fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((durable, false)),
         Err(e) => return Err(io_err(format!("read {name}"))(e)),
     };
-    let seg_start = Lsn(segno * seg_size);
+    let seg_start = seg.start();
     let sysid = id.system_identifier.parse::<u64>().ok();
     let end = find_end_of_wal(&data, seg_start, seg_size, sysid, None);
     if end.valid_end < durable.lsn {
@@ -74,12 +78,8 @@ fn scan_partial(
         let keep = torn_dir.join(format!("{name}.{:016X}", end.valid_end.0));
         let save = || -> std::io::Result<()> {
             fs::create_dir_all(&torn_dir)?;
-            fs::write(&keep, tail)?;
-            fs::File::open(&keep)?.sync_all()?;
-            state::fsync_dir(&torn_dir)?;
-            let f = fs::OpenOptions::new().write(true).open(&path)?;
-            f.write_all_at(&vec![0u8; tail.len()], off)?;
-            f.sync_all()
+            durable_write(&keep, tail)?;
+            zero_from(&path, off, tail.len() as u64)
         };
         save().map_err(io_err(format!("set aside the torn tail of {name}")))?;
         tracing::warn!(
@@ -96,15 +96,15 @@ fn scan_partial(
     fs::File::open(&path)
         .and_then(|f| f.sync_all())
         .map_err(io_err(format!("fsync {name}")))?;
-    let seg_end = Lsn(seg_start.0 + seg_size);
     let recovered = Durable {
         timeline: durable.timeline,
         lsn: end.valid_end,
     };
-    if end.valid_end == seg_end {
-        let full = wal_dir.join(segment_file_name(durable.timeline, segno, seg_size));
-        fs::rename(&path, &full).map_err(io_err(format!("rename {name}")))?;
-        state::fsync_dir(wal_dir).map_err(io_err("fsync wal directory"))?;
+    if end.valid_end == seg.end() {
+        rename_complete(wal_dir, seg).map_err(|e| match e.op {
+            SegmentOp::FsyncDir => io_err("fsync wal directory")(e.into_io()),
+            _ => io_err(format!("rename {name}"))(e.into_io()),
+        })?;
         tracing::info!(segment = %name, "completed a segment that was whole but not yet renamed");
         return Ok((recovered, true));
     }

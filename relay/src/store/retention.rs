@@ -3,12 +3,14 @@
 //! Keep everything from the oldest valid slot's `restart_lsn`, and at least `wal_keep_size`
 //! bytes behind the durable end; a slot that falls more than `max_slot_wal_keep_size` behind is
 //! invalidated (as PostgreSQL does) rather than allowed to fill the disk. The decision is a
-//! pure function ([`horizon`]); [`apply`] does the file work.
+//! pure function ([`horizon`]); [`apply`] does the file work: it removes whole segment files
+//! (of any timeline, complete or `.partial`) that the catalogue ([`super::catalog`]) lists
+//! wholly below the horizon, then fsyncs the directory.
 
 use std::fs;
 
+use super::catalog::Catalog;
 use super::Store;
-use crate::wal::segment::{parse_wal_file_name, WalFileName};
 use crate::wal::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,20 +70,14 @@ pub fn apply(store: &Store, cfg: RetentionConfig) -> std::io::Result<usize> {
     }
     let keep_segno = h.keep_from.segment(id.seg_size);
     let mut removed = 0;
-    for entry in fs::read_dir(store.wal_dir())? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(WalFileName::Segment { segno, .. }) = parse_wal_file_name(name, id.seg_size) {
-            if segno < keep_segno {
-                fs::remove_file(entry.path())?;
-                tracing::debug!(segment = name, "removed WAL segment");
-                removed += 1;
-            }
-        }
+    let catalog = Catalog::read(store.wal_dir(), id.seg_size)?;
+    for seg in catalog.segment_files().filter(|s| s.id.segno < keep_segno) {
+        fs::remove_file(catalog.path(&seg.name))?;
+        tracing::debug!(segment = seg.name, "removed WAL segment");
+        removed += 1;
     }
     if removed > 0 {
-        super::state::fsync_dir(store.wal_dir())?;
+        super::fs::fsync_dir(store.wal_dir())?;
         tracing::info!(removed, keep_from = %h.keep_from, "removed old WAL segments");
     }
     slots.save_dirty();

@@ -3,8 +3,8 @@
 //! drop. A slot holds WAL on the relay's disk from its `restart_lsn`, which moves forward with
 //! the flush position its user reports.
 //!
-//! Persistent slots live in `<data-dir>/slots/<name>.json`, written atomically (temp, fsync,
-//! rename, fsync dir). Temporary slots live in memory and die with their session.
+//! Persistent slots live in `<data-dir>/slots/<name>.json`, written with [`durable_write`]
+//! (temp, fsync, rename, fsync dir). Temporary slots live in memory and die with their session.
 //! Errors carry PostgreSQL's SQLSTATEs and words (slot.c).
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::fsync_dir;
+use super::fs::{durable_write, fsync_dir};
 use crate::proto::error::{sqlstate, PgError};
 use crate::wal::{Lsn, TimeLineId};
 
@@ -143,15 +143,8 @@ impl Slots {
     }
 
     fn save(&self, data: &SlotData) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!("{}.json.tmp", data.name));
         let body = serde_json::to_vec_pretty(data).map_err(std::io::Error::other)?;
-        {
-            let f = fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut &f, &body)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(format!("{}.json", data.name)))?;
-        fsync_dir(&self.dir)
+        durable_write(&self.dir.join(format!("{}.json", data.name)), &body)
     }
 
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL]`.

@@ -1,16 +1,16 @@
 //! `relay.state`: the relay's small durable state (which cluster it holds WAL for, and how far
 //! its WAL is known to be durable).
 //!
-//! Format: one JSON object, then a line `crc32c=XXXXXXXX` over the JSON bytes. Written
-//! atomically: temp file, fsync, rename, fsync of the directory, so a crash leaves either the
-//! old or the new state, never a torn one.
+//! Format: one JSON object, then a line `crc32c=XXXXXXXX` over the JSON bytes. Written with
+//! [`durable_write`] (temp file, fsync, rename, fsync of the directory), so a crash leaves
+//! either the old or the new state, never a torn one; the checksum catches damage at rest.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::fs::durable_write;
 use crate::wal::{Lsn, TimeLineId};
 
 pub const STATE_FILE: &str = "relay.state";
@@ -86,19 +86,9 @@ pub fn save(dir: &Path, state: &RelayState) -> Result<(), StateError> {
     let json =
         serde_json::to_string_pretty(state).map_err(|e| StateError::Damaged(e.to_string()))?;
     let crc = crc32c::crc32c(json.as_bytes());
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        write!(f, "{json}\ncrc32c={crc:08X}\n")?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(STATE_FILE))?;
-    fsync_dir(dir)?;
+    let text = format!("{json}\ncrc32c={crc:08X}\n");
+    durable_write(&dir.join(STATE_FILE), text.as_bytes())?;
     Ok(())
-}
-
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

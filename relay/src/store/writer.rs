@@ -4,18 +4,23 @@
 //!
 //! Not cancel-safe by design: it runs on its own OS thread and finishes what it took from the
 //! queue. It stops when every sender is dropped, after a last fsync and state save.
+//!
+//! Invariants: the durable position it publishes is the lower of what was fsynced and the end
+//! of the last record that passed validation; after any failure ([`WriteError`]) it publishes
+//! nothing and drops queued WAL until the next `Start`. Segment files are opened, written and
+//! fsynced through [`super::fs`], so the `.partial` rule holds and fail points can reach them.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{state, Durable, Store, WriterHealth};
+use super::fs::{SegmentFile, SegmentId, SegmentIoError};
+use super::{Durable, Store, WriterHealth};
 use crate::wal::decoder::WalDecoder;
-use crate::wal::segment::{partial_file_name, segment_file_name};
+use crate::wal::error::WalError;
+use crate::wal::segment::DEFAULT_SEG_SIZE;
 use crate::wal::{Lsn, TimeLineId};
 
 /// Bytes written without fsync before a batch is cut even if more is queued.
@@ -23,13 +28,49 @@ const MAX_UNSYNCED: u64 = 16 << 20;
 /// How often the state file is refreshed while WAL flows.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Why the writer refused a command or stopped ingest. A full disk ([`WriteError::Io`]) and
+/// WAL that fails validation ([`WriteError::InvalidWal`]) differ by variant; the messages are
+/// the words the log, `/readyz` and `walrelay status` show.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A segment file could not be created, sized, written, fsynced or renamed.
+    #[error(transparent)]
+    Io(#[from] SegmentIoError),
+    /// A record from upstream failed validation; what was valid before it was kept.
+    #[error("invalid WAL from upstream: {0}")]
+    InvalidWal(WalError),
+    /// A chunk that does not start where the stream is.
+    #[error("WAL chunk at {start} does not continue the stream at {pos}")]
+    Discontinuous { start: Lsn, pos: Lsn },
+    /// WAL before a `Start` (or after a failure, before the next `Start`).
+    #[error("WAL arrived before the stream start")]
+    NotStarted,
+    /// A start that is neither within the durable WAL nor at a segment start.
+    #[error(
+        "stream start {lsn} on timeline {tli} is neither within the durable WAL ({} on timeline {}) nor at a segment start",
+        durable.lsn,
+        durable.timeline
+    )]
+    BadStart {
+        tli: TimeLineId,
+        lsn: Lsn,
+        durable: Durable,
+    },
+    /// Moving diverged WAL aside failed (the OS error is the message, as before).
+    #[error("{0}")]
+    MoveDiverged(std::io::Error),
+    /// The writer thread is gone.
+    #[error("WAL writer has stopped")]
+    Stopped,
+}
+
 pub enum WriteCmd {
     /// The upstream stream (re)starts at `lsn` of `tli`. Answers whether the writer can continue
     /// there (it must be the durable end, or a segment start).
     Start {
         tli: TimeLineId,
         lsn: Lsn,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
     },
     /// WAL bytes at `start`, continuing the previous command.
     Wal { start: Lsn, data: Bytes },
@@ -38,7 +79,7 @@ pub enum WriteCmd {
     Diverge {
         tli: TimeLineId,
         at: Lsn,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, WriteError>>,
     },
 }
 
@@ -49,38 +90,32 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub async fn start(&self, tli: TimeLineId, lsn: Lsn) -> Result<(), String> {
+    pub async fn start(&self, tli: TimeLineId, lsn: Lsn) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteCmd::Start { tli, lsn, reply })
             .await
-            .map_err(|_| "WAL writer has stopped".to_string())?;
-        rx.await.map_err(|_| "WAL writer has stopped".to_string())?
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// Moves WAL of `tli` past `at` aside (see [`WriteCmd::Diverge`]).
-    pub async fn diverge(&self, tli: TimeLineId, at: Lsn) -> Result<u64, String> {
+    pub async fn diverge(&self, tli: TimeLineId, at: Lsn) -> Result<u64, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteCmd::Diverge { tli, at, reply })
             .await
-            .map_err(|_| "WAL writer has stopped".to_string())?;
-        rx.await.map_err(|_| "WAL writer has stopped".to_string())?
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// Queues WAL; waits when the queue is full (backpressure on the upstream socket).
-    pub async fn write(&self, start: Lsn, data: Bytes) -> Result<(), String> {
+    pub async fn write(&self, start: Lsn, data: Bytes) -> Result<(), WriteError> {
         self.tx
             .send(WriteCmd::Wal { start, data })
             .await
-            .map_err(|_| "WAL writer has stopped".to_string())
+            .map_err(|_| WriteError::Stopped)
     }
-}
-
-struct OpenSegment {
-    segno: u64,
-    file: File,
-    partial: bool,
 }
 
 struct Writer {
@@ -89,7 +124,7 @@ struct Writer {
     tli: TimeLineId,
     /// Next byte to write; `None` until a Start, and after a failure.
     pos: Option<Lsn>,
-    seg: Option<OpenSegment>,
+    seg: Option<SegmentFile>,
     /// Validates every byte written (page headers, record headers and CRC-32C); the durable
     /// position never passes its `valid_end`, so a record that fails is never served.
     decoder: Option<WalDecoder>,
@@ -109,18 +144,7 @@ pub fn spawn(store: Arc<Store>) -> (WriterHandle, std::thread::JoinHandle<()>) {
 }
 
 fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
-    let durable = store.durable();
-    let mut w = Writer {
-        seg_size: store.identity().map(|i| i.seg_size).unwrap_or(16 << 20),
-        store,
-        tli: durable.timeline,
-        pos: None,
-        seg: None,
-        decoder: None,
-        unsynced: 0,
-        dirty: false,
-        last_state_save: Instant::now(),
-    };
+    let mut w = Writer::new(store);
     let span = tracing::info_span!("wal_writer");
     let _enter = span.enter();
     while let Some(cmd) = rx.blocking_recv() {
@@ -140,6 +164,24 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
 }
 
 impl Writer {
+    fn new(store: Arc<Store>) -> Writer {
+        let durable = store.durable();
+        Writer {
+            seg_size: store
+                .identity()
+                .map(|i| i.seg_size)
+                .unwrap_or(DEFAULT_SEG_SIZE),
+            store,
+            tli: durable.timeline,
+            pos: None,
+            seg: None,
+            decoder: None,
+            unsynced: 0,
+            dirty: false,
+            last_state_save: Instant::now(),
+        }
+    }
+
     fn handle(&mut self, cmd: WriteCmd) {
         match cmd {
             WriteCmd::Start { tli, lsn, reply } => {
@@ -172,27 +214,26 @@ impl Writer {
         }
     }
 
-    fn fail(&mut self, e: String) {
+    fn fail(&mut self, e: WriteError) {
         tracing::error!("WAL ingest stopped: {e}");
         self.pos = None;
         self.seg = None;
         self.decoder = None;
         self.dirty = false;
         self.unsynced = 0;
-        self.store.set_health(WriterHealth { error: Some(e) });
+        self.store.set_health(WriterHealth {
+            error: Some(e.to_string()),
+        });
     }
 
-    fn start(&mut self, tli: TimeLineId, lsn: Lsn) -> Result<(), String> {
+    fn start(&mut self, tli: TimeLineId, lsn: Lsn) -> Result<(), WriteError> {
         self.sync();
         let durable = self.store.durable();
         let same_stream = tli == durable.timeline && lsn <= durable.lsn;
         // A new timeline (or a first start) must begin at a segment start, so that the segment
         // file is whole from its first byte.
         if !same_stream && lsn.segment_offset(self.seg_size) != 0 {
-            return Err(format!(
-                "stream start {lsn} on timeline {tli} is neither within the durable WAL ({} on timeline {}) nor at a segment start",
-                durable.lsn, durable.timeline
-            ));
+            return Err(WriteError::BadStart { tli, lsn, durable });
         }
         if tli != self.tli {
             self.store.tail_clear();
@@ -215,7 +256,7 @@ impl Writer {
         Ok(())
     }
 
-    fn diverge(&mut self, tli: TimeLineId, at: Lsn) -> Result<u64, String> {
+    fn diverge(&mut self, tli: TimeLineId, at: Lsn) -> Result<u64, WriteError> {
         self.sync();
         self.seg = None;
         self.pos = None;
@@ -224,7 +265,7 @@ impl Writer {
         let moved = self
             .store
             .move_diverged(tli, at)
-            .map_err(|e| e.to_string())?;
+            .map_err(WriteError::MoveDiverged)?;
         let durable = self.store.durable();
         if durable.timeline == tli && durable.lsn > at {
             self.store.publish_durable(Durable {
@@ -236,14 +277,12 @@ impl Writer {
         Ok(moved)
     }
 
-    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), WriteError> {
         let Some(pos) = self.pos else {
-            return Err("WAL arrived before the stream start".into());
+            return Err(WriteError::NotStarted);
         };
         if start != pos {
-            return Err(format!(
-                "WAL chunk at {start} does not continue the stream at {pos}"
-            ));
+            return Err(WriteError::Discontinuous { start, pos });
         }
         if let Some(d) = self.decoder.as_mut() {
             let mut ends = Vec::new();
@@ -262,14 +301,14 @@ impl Writer {
                 self.sync();
                 metrics::counter!("walrelay_wal_invalid_total").increment(1);
                 kept?;
-                return Err(format!("invalid WAL from upstream: {e}"));
+                return Err(WriteError::InvalidWal(e));
             }
         }
         self.write_bytes(start, data)
     }
 
     /// Writes `data` at `start` (the current position) into the segment files.
-    fn write_bytes(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), String> {
+    fn write_bytes(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), WriteError> {
         let mut lsn = start;
         while !data.is_empty() {
             let segno = lsn.segment(self.seg_size);
@@ -278,9 +317,7 @@ impl Writer {
             let n = room.min(data.len());
             let (now, rest) = data.split_at(n);
             let seg = self.open_segment(segno)?;
-            seg.file
-                .write_all_at(now, off)
-                .map_err(|e| format!("could not write to WAL segment: {e}"))?;
+            seg.write_at(now, off)?;
             self.dirty = true;
             self.unsynced += n as u64;
             lsn = Lsn(lsn.0 + n as u64);
@@ -293,70 +330,25 @@ impl Writer {
         Ok(())
     }
 
-    fn open_segment(&mut self, segno: u64) -> Result<&mut OpenSegment, String> {
-        if self.seg.as_ref().map(|s| s.segno) != Some(segno) {
-            self.seg = Some(self.open_file(segno)?);
-        }
-        self.seg
-            .as_mut()
-            .ok_or_else(|| "no open segment".to_string())
-    }
-
-    fn open_file(&self, segno: u64) -> Result<OpenSegment, String> {
-        let dir = self.store.wal_dir();
-        let full = dir.join(segment_file_name(self.tli, segno, self.seg_size));
-        let partial = dir.join(partial_file_name(self.tli, segno, self.seg_size));
-        let open = |p: &std::path::Path| OpenOptions::new().write(true).open(p);
-        if let Ok(file) = open(&partial) {
-            return Ok(OpenSegment {
-                segno,
-                file,
-                partial: true,
-            });
-        }
-        // Re-receiving bytes of a segment that is already complete (the state file lagged):
-        // the same bytes are written again in place.
-        if let Ok(file) = open(&full) {
-            return Ok(OpenSegment {
-                segno,
-                file,
-                partial: false,
-            });
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .map_err(|e| format!("could not create WAL segment {}: {e}", partial.display()))?;
-        // Reserve the whole segment now, as PostgreSQL does, so a full disk shows up here and
-        // not in the middle of a segment.
-        file.set_len(self.seg_size)
-            .map_err(|e| format!("could not size WAL segment {}: {e}", partial.display()))?;
-        state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
-        Ok(OpenSegment {
-            segno,
-            file,
-            partial: true,
-        })
+    /// The segment file `segno` of the current timeline, opened on first use.
+    fn open_segment(&mut self, segno: u64) -> Result<&SegmentFile, WriteError> {
+        let seg = match self.seg.take() {
+            Some(s) if s.id.segno == segno => s,
+            _ => SegmentFile::open_for_write(
+                self.store.wal_dir(),
+                SegmentId::new(self.tli, segno, self.seg_size),
+            )?,
+        };
+        Ok(self.seg.insert(seg))
     }
 
     /// The write position just reached a segment end: fsync, rename `.partial` to its final
     /// name, fsync the directory.
-    fn complete_segment(&mut self) -> Result<(), String> {
+    fn complete_segment(&mut self) -> Result<(), WriteError> {
         let Some(seg) = self.seg.take() else {
             return Ok(());
         };
-        seg.file
-            .sync_data()
-            .map_err(|e| format!("could not fsync WAL segment: {e}"))?;
-        if seg.partial {
-            let dir = self.store.wal_dir();
-            let from = dir.join(partial_file_name(self.tli, seg.segno, self.seg_size));
-            let to = dir.join(segment_file_name(self.tli, seg.segno, self.seg_size));
-            fs::rename(&from, &to)
-                .map_err(|e| format!("could not rename {}: {e}", from.display()))?;
-            state::fsync_dir(dir).map_err(|e| format!("could not fsync WAL directory: {e}"))?;
-        }
+        seg.complete(self.store.wal_dir())?;
         self.dirty = false;
         self.store.set_health(WriterHealth::default());
         self.publish();
@@ -389,20 +381,25 @@ impl Writer {
         self.last_state_save = Instant::now();
     }
 
-    fn sync(&mut self) {
+    /// Fsyncs what was written since the last fsync. Publishes nothing.
+    fn fsync_written(&mut self) -> Result<(), WriteError> {
         if self.dirty {
-            let r = self
-                .seg
-                .as_ref()
-                .map(|s| s.file.sync_data())
-                .unwrap_or(Ok(()));
-            if let Err(e) = r {
-                self.fail(format!("could not fsync WAL segment: {e}"));
-                return;
+            if let Some(seg) = &self.seg {
+                seg.sync()?;
             }
             self.dirty = false;
             // Written and synced: whatever stopped ingest before is over.
             self.store.set_health(WriterHealth::default());
+        }
+        Ok(())
+    }
+
+    /// Ends a batch: fsync, then publish what is both fsynced and validated. A failed fsync
+    /// stops ingest and publishes nothing.
+    fn sync(&mut self) {
+        if let Err(e) = self.fsync_written() {
+            self.fail(e);
+            return;
         }
         if self.pos.is_some() {
             self.publish();
@@ -423,6 +420,13 @@ mod tests {
     fn store_for_fixture(
         dir: &std::path::Path,
     ) -> (Arc<Store>, WriterHandle, std::thread::JoinHandle<()>) {
+        let store = fixture_store(dir);
+        let (handle, thread) = spawn(store.clone());
+        (store, handle, thread)
+    }
+
+    /// A store for the fixture's cluster, no writer yet.
+    fn fixture_store(dir: &std::path::Path) -> Arc<Store> {
         let f = fixture();
         let first = f.segment(f.first_segno());
         let mut sysid = [0u8; 8];
@@ -435,8 +439,7 @@ mod tests {
                 server_version: "15.18".into(),
             })
             .unwrap();
-        let (handle, thread) = spawn(store.clone());
-        (store, handle, thread)
+        store
     }
 
     async fn stream(handle: &WriterHandle, start: Lsn, bytes: &[u8]) {
@@ -544,6 +547,85 @@ mod tests {
             again.lsn,
             victim.lsn
         );
+        assert!(store.health().borrow().error.is_none());
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(fixture_store(dir.path()));
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        assert!(matches!(w.write(start, b"x"), Err(WriteError::NotStarted)));
+        // A new timeline must start at a segment start.
+        let e = w.start(2, Lsn(start.0 + 8192)).unwrap_err();
+        assert!(matches!(e, WriteError::BadStart { tli: 2, .. }), "{e}");
+        assert!(e.to_string().contains("nor at a segment start"), "{e}");
+        w.start(1, start).unwrap();
+        let e = w.write(Lsn(start.0 + 1), b"x").unwrap_err();
+        assert!(matches!(e, WriteError::Discontinuous { .. }), "{e}");
+        // Garbage where a page header belongs.
+        let e = w.write(start, &[0xEE; 8192]).unwrap_err();
+        assert!(matches!(e, WriteError::InvalidWal(_)), "{e}");
+        assert!(
+            e.to_string().starts_with("invalid WAL from upstream: "),
+            "{e}"
+        );
+    }
+
+    /// A failed fsync (injected at the fs seam) is reported as a typed error, stops ingest, and
+    /// publishes nothing: the durable watch does not move. A new stream from the durable end
+    /// goes on once the disk is back.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_failed_fsync_is_typed_and_publishes_nothing() {
+        use super::super::fs::SegmentOp;
+        let dir = tempfile::tempdir().unwrap();
+        let store = fixture_store(dir.path());
+        let mut w = Writer::new(store.clone());
+        let f = fixture();
+        let start = Lsn(f.first_segno() * SEG);
+        w.start(1, start).unwrap();
+        let durable_rx = store.subscribe();
+        let before = store.durable();
+        // Half a segment: written, not yet fsynced (no segment end reached).
+        let bytes = f.bytes_from(f.first_segno());
+        let half = &bytes[..SEG as usize / 2];
+        w.write(start, half).unwrap();
+        {
+            // Only this test's files fail: other tests run meanwhile.
+            let only_here = format!("return({})", dir.path().display());
+            let _fsync = fail::FailGuard::new("fs::segment::fsync", &only_here).unwrap();
+            match w.fsync_written() {
+                Err(WriteError::Io(e)) => {
+                    assert_eq!(e.op, SegmentOp::Fsync);
+                    assert!(e.path.starts_with(dir.path()), "{}", e.path.display());
+                    assert!(
+                        e.to_string().starts_with("could not fsync WAL segment: "),
+                        "{e}"
+                    );
+                }
+                other => panic!("expected a typed fsync error, got {other:?}"),
+            }
+            // The batch end as the writer thread runs it: ingest stops, reported.
+            w.sync();
+            assert_eq!(store.durable(), before);
+            assert!(!durable_rx.has_changed().unwrap(), "durable moved");
+            let health = store.health().borrow().error.clone();
+            assert!(
+                health
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("could not fsync WAL segment")),
+                "{health:?}"
+            );
+            assert!(matches!(w.write(start, half), Err(WriteError::NotStarted)));
+        }
+        // The disk is back: the upstream session restarts the stream at the durable end.
+        w.start(1, before.lsn).unwrap();
+        w.write(start, half).unwrap();
+        w.sync();
+        assert!(store.durable().lsn > before.lsn);
+        assert!(durable_rx.has_changed().unwrap());
         assert!(store.health().borrow().error.is_none());
     }
 }

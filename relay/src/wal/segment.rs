@@ -6,6 +6,9 @@ use super::lsn::TimeLineId;
 /// Smallest and largest segment sizes PostgreSQL accepts (`IsValidWalSegSize`).
 pub const MIN_SEG_SIZE: u64 = 1 << 20;
 pub const MAX_SEG_SIZE: u64 = 1 << 30;
+/// PostgreSQL's default segment size (16 MiB): what the store assumes before it has adopted a
+/// cluster's identity (no stored segment exists then, so nothing depends on the guess).
+pub const DEFAULT_SEG_SIZE: u64 = 16 << 20;
 
 pub fn is_valid_seg_size(size: u64) -> bool {
     size.is_power_of_two() && (MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&size)
