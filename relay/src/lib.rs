@@ -18,6 +18,5 @@ pub mod lag;
 pub mod proto;
 pub mod store;
 pub mod upstream;
-pub mod verify;
 pub mod wal;
 pub mod wire;

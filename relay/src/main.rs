@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::Verify { data_dir } => match walrelay::verify::run(&data_dir) {
+        Command::Verify { data_dir } => match walrelay::cmd::verify::run(&data_dir) {
             Ok(report) => report.finish(),
             Err(e) => {
                 eprintln!("walrelay verify: error: {e:#}");
