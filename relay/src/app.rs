@@ -18,7 +18,7 @@ use tracing::{info, Instrument};
 
 use crate::config::RelayConfig;
 use crate::downstream::{self, Registry};
-use crate::failover::{FailoverStatus, FailoverWatcher, ServeLimit};
+use crate::failover::{FailoverStatus, FailoverWatcher};
 use crate::http::{self, HttpState};
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
@@ -63,7 +63,6 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         },
         cancel.clone(),
     ));
-    let (limit_tx, limit_rx) = tokio::sync::watch::channel(ServeLimit::Unlimited);
     let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
     if !cfg.failover_standbys.is_empty() {
         info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
@@ -74,7 +73,6 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
                 application_name: format!("{} failover watcher", cfg.application_name),
                 store: store.clone(),
                 upstream: upstream_state.clone(),
-                limit_tx,
                 status: failover_status.clone(),
             }
             .run(cancel.clone()),
@@ -84,7 +82,6 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         store.clone(),
         registry.clone(),
         cancel.clone(),
-        limit_rx,
     ));
     tracker.spawn(
         downstream::serve(listener, ctx, tracker.clone())

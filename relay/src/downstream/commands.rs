@@ -42,7 +42,7 @@ pub async fn execute(
                 .await?)
         }
         Command::IdentifySystem => {
-            let d = ctx.servable();
+            let d = ctx.store.servable().end();
             let tli_col = if major >= 16 { Column::int8("timeline") } else { Column::int4("timeline") };
             backend::single_row(
                 out,

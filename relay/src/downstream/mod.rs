@@ -25,28 +25,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::failover::ServeLimit;
-use crate::store::{Durable, Store};
+use crate::store::Store;
 pub use registry::Registry;
-use tokio::sync::watch;
 
 /// What every downstream session shares.
 pub struct Context {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
-    /// The `--failover-standby` bound on what may be served.
-    pub serve_limit: watch::Receiver<ServeLimit>,
     next_pid: AtomicI32,
 }
 
 impl Context {
-    pub fn new(
-        store: Arc<Store>,
-        registry: Arc<Registry>,
-        cancel: CancellationToken,
-        serve_limit: watch::Receiver<ServeLimit>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, registry: Arc<Registry>, cancel: CancellationToken) -> Self {
         // Start pids away from 0 and from small numbers, so that temp slot names
         // (`pg_walreceiver_<pid>`) look like PostgreSQL's and never collide after a restart
         // within the same second.
@@ -55,14 +46,8 @@ impl Context {
             store,
             registry,
             cancel,
-            serve_limit,
             next_pid: AtomicI32::new(seed.max(1000)),
         }
-    }
-
-    /// The end of WAL that may be served now: durable, and within the failover bound.
-    pub fn servable(&self) -> Durable {
-        self.serve_limit.borrow().apply(self.store.durable())
     }
 
     /// A distinct, non-zero pid for BackendKeyData.

@@ -5,7 +5,11 @@
 //! keepalives while idle. A separate task reads the client's `r`/`h`/CopyDone so that a client
 //! that is busy writing never blocks on us and we never block on it.
 //!
-//! Invariant: no byte at or past the published durable position is ever sent.
+//! How far it may send is not its own decision: it follows the store's servable end
+//! ([`crate::store::servable`]: durable, within the failover limit, up to a historic timeline's
+//! switch point), one watch, and applies [`Servable::bound`] to its timeline.
+//!
+//! Invariant: no byte at or past the published servable end is ever sent.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +28,7 @@ use crate::proto::replication::{
     encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
 use crate::store::reader::{ReadError, WalReader};
-use crate::wal::history::{parse_history, switch_point};
+use crate::store::servable::{Historic, NotInHistory, Servable};
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
 use crate::wire::{MsgReader, WireError};
 
@@ -35,13 +39,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// `wal_sender_timeout`: a client silent this long is gone; at half of it we ask for a reply.
 const SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where the requested timeline ends, if it is not the relay's current one.
-#[derive(Debug, Clone, Copy)]
-struct Historic {
-    switchpoint: Lsn,
-    next_tli: TimeLineId,
-}
-
 /// What the reply reader tells the sender.
 enum ClientEvent {
     Message(ClientCopyMessage),
@@ -51,32 +48,8 @@ enum ClientEvent {
     Gone(SessionEnd),
 }
 
-/// Looks up where `tli` ends in the lineage of the relay's current timeline.
-fn historic_end(
-    ctx: &Context,
-    tli: TimeLineId,
-    current: TimeLineId,
-) -> Result<Option<Historic>, PgError> {
-    if tli == current {
-        return Ok(None);
-    }
-    let not_in_history = || {
-        PgError::error(
-            sqlstate::INTERNAL_ERROR,
-            format!("requested timeline {tli} is not in this server's history"),
-        )
-    };
-    let history = match ctx.store.history(current) {
-        Some(h) => parse_history(&h).map_err(|_| not_in_history())?,
-        None => Vec::new(),
-    };
-    match switch_point(tli, current, &history) {
-        Some((Some(switchpoint), next_tli)) => Ok(Some(Historic {
-            switchpoint,
-            next_tli,
-        })),
-        _ => Err(not_in_history()),
-    }
+fn not_in_history(e: NotInHistory) -> PgError {
+    PgError::error(sqlstate::INTERNAL_ERROR, e.to_string())
 }
 
 pub async fn start_replication(
@@ -99,11 +72,12 @@ pub async fn start_replication(
         },
         None => None,
     };
-    let durable = ctx.servable();
+    let servable = ctx.store.servable();
+    let durable = servable.end();
     let tli = timeline.unwrap_or(durable.timeline);
-    let historic = match historic_end(ctx, tli, durable.timeline) {
+    let historic = match servable.historic(tli) {
         Ok(h) => h,
-        Err(e) => return Ok(conn.send_error(&e).await?),
+        Err(e) => return Ok(conn.send_error(&not_in_history(e)).await?),
     };
     if let Some(h) = historic {
         if start > h.switchpoint {
@@ -266,38 +240,25 @@ impl Sender {
     /// Streams until the client ends the stream (returns the reader for the command loop) or
     /// the connection ends.
     async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
-        let mut durable_rx = self.ctx.store.subscribe();
-        let mut limit_rx = self.ctx.serve_limit.clone();
+        let mut servable_rx = self.ctx.store.subscribe_servable();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
-            let stored = *durable_rx.borrow_and_update();
-            let limit = *limit_rx.borrow_and_update();
-            let durable = limit.apply(stored);
-            if self.historic.is_none() && durable.timeline != self.tli {
-                // The relay moved to a new timeline under us: ours is historic now.
-                match historic_end(&self.ctx, self.tli, durable.timeline) {
-                    Ok(h) => self.historic = h,
-                    Err(e) => return Err(SessionEnd::Fatal(e)),
-                }
-            }
-            let end = match self.historic {
-                // The segment holding the switch point is read from the next timeline's file;
-                // while the relay is still filling that file, only its durable part is served.
-                Some(h) if durable.timeline == h.next_tli => h.switchpoint.min(durable.lsn),
-                Some(h) => h.switchpoint,
-                None => durable.lsn,
-            };
+            let servable: Servable = servable_rx.borrow_and_update().clone();
+            // When the relay moved to a new timeline under us, ours is historic from now on.
+            let bound = servable
+                .bound(self.tli, self.historic)
+                .map_err(|e| SessionEnd::Fatal(not_in_history(e)))?;
+            self.historic = bound.historic;
+            let end = bound.end;
             if let Some(h) = self.historic.filter(|h| self.sent > h.switchpoint) {
-                // Past the fork by a partial record only (the first record after the fork point
-                // was not sent whole): the downstream replayed nothing the new primary lacks,
-                // so its timeline ends as usual and it follows. A whole record past the fork
-                // (or no way to tell) means it must be rebuilt.
-                let whole = self
+                // Past the fork by a partial record only: the downstream replayed nothing the
+                // new primary lacks, so its timeline ends as usual and it follows. A whole
+                // record past the fork (or no way to tell) means it must be rebuilt.
+                if self
                     .ctx
                     .store
-                    .record_end_after(self.tli, h.switchpoint)
-                    .is_none_or(|first_end| self.sent >= first_end);
-                if whole {
+                    .holds_record_past(self.tli, h.switchpoint, self.sent)
+                {
                     return Err(self.diverged(h));
                 }
                 return self.end_timeline(conn, h).await;
@@ -319,15 +280,14 @@ impl Sender {
             let ping_due = self.last_heard + SENDER_TIMEOUT / 2;
             let timeout_at = self.last_heard + SENDER_TIMEOUT;
             tokio::select! {
-                r = durable_rx.changed() => {
+                r = servable_rx.changed() => {
                     if r.is_err() {
                         return Err(SessionEnd::Shutdown);
                     }
-                    self.durable_at = Instant::now();
-                }
-                r = limit_rx.changed() => {
-                    if r.is_err() {
-                        return Err(SessionEnd::Shutdown);
+                    // Lag samples carry the time new WAL became durable, not the time the
+                    // failover limit released it.
+                    if servable_rx.borrow().durable() != servable.durable() {
+                        self.durable_at = Instant::now();
                     }
                 }
                 ev = self.ev_rx.recv() => {
@@ -409,7 +369,8 @@ impl Sender {
         Ok(())
     }
 
-    /// Reads from the in-memory tail directly, from disk on a blocking thread.
+    /// Reads from the in-memory tail directly (the one place it is looked up), from the segment
+    /// files on a blocking thread.
     async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
         let max = (end.0 - lsn.0) as usize;
         if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
@@ -422,7 +383,7 @@ impl Sender {
             });
         };
         let (reader, r) = tokio::task::spawn_blocking(move || {
-            let r = reader.read(tli, lsn, end, max);
+            let r = reader.read_file(tli, lsn, end, max);
             (reader, r)
         })
         .await
