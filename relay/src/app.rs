@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::config::RelayConfig;
-use crate::downstream::{self, Registry};
+use crate::downstream;
 use crate::failover::{FailoverStatus, FailoverWatcher};
 use crate::http::{self, HttpState};
+use crate::lag::Registry;
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
@@ -58,7 +59,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
             },
             store: store.clone(),
             writer: writer_handle,
-            registry: registry.clone(),
+            feedback: registry.clone(),
             status: upstream_state.clone(),
         },
         cancel.clone(),

@@ -13,7 +13,6 @@
 //! of others.
 
 pub mod commands;
-pub mod registry;
 pub mod session;
 pub mod walsender;
 
@@ -25,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::lag::Registry;
 use crate::store::Store;
-pub use registry::Registry;
 
 /// What every downstream session shares.
 pub struct Context {

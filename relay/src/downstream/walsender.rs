@@ -18,9 +18,9 @@ use bytes::Bytes;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
-use super::registry::{Downstream, RegistryGuard, WalSndState};
 use super::session::{Client, Conn, SessionEnd};
 use super::Context;
+use crate::lag::registry::{Downstream, RegistryGuard, WalSndState};
 use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{parse_frontend, FrontendMessage};
