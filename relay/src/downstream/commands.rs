@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::error::slot_error;
 use super::session::{server_major, server_version_num, Client, Conn, SessionEnd};
 use super::{walsender, Context};
 use crate::proto::backend::{self, Column};
@@ -118,7 +119,7 @@ pub async fn execute(
         }
         Command::DropSlot { name, .. } => match ctx.store.slots().drop_slot(&name, client.pid) {
             Ok(()) => backend::command_complete(out, "DROP_REPLICATION_SLOT"),
-            Err(e) => return Ok(conn.send_error(&e).await?),
+            Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
         },
         Command::CreatePhysicalSlot { name, temporary, reserve_wal } => {
             let d = ctx.store.durable();
@@ -139,7 +140,7 @@ pub async fn execute(
                         "CREATE_REPLICATION_SLOT",
                     );
                 }
-                Err(e) => return Ok(conn.send_error(&e).await?),
+                Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
             }
         }
         Command::CreateLogicalSlot { .. } | Command::StartLogicalReplication { .. } => {

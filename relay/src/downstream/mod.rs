@@ -13,6 +13,7 @@
 //! of others.
 
 pub mod commands;
+pub mod error;
 pub mod session;
 pub mod walsender;
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
+use super::error::{not_in_history, read_error, slot_error};
 use super::session::{Client, Conn, SessionEnd};
 use super::Context;
 use crate::lag::registry::{Downstream, RegistryGuard, WalSndState};
@@ -28,7 +29,7 @@ use crate::proto::replication::{
     encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
 use crate::store::reader::{ReadError, WalReader};
-use crate::store::servable::{Historic, NotInHistory, Servable};
+use crate::store::servable::{Historic, Servable};
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
 use crate::wire::{MsgReader, WireError};
 
@@ -48,10 +49,6 @@ enum ClientEvent {
     Gone(SessionEnd),
 }
 
-fn not_in_history(e: NotInHistory) -> PgError {
-    PgError::error(sqlstate::INTERNAL_ERROR, e.to_string())
-}
-
 pub async fn start_replication(
     ctx: &Arc<Context>,
     conn: &mut Conn,
@@ -68,7 +65,7 @@ pub async fn start_replication(
                 name,
                 pid: client.pid,
             }),
-            Err(e) => return Ok(conn.send_error(&e).await?),
+            Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
         },
         None => None,
     };
@@ -202,19 +199,6 @@ fn file_tli(tli: TimeLineId, historic: Option<Historic>, lsn: Lsn, seg_size: u64
     match historic {
         Some(h) if lsn.segment(seg_size) == h.switchpoint.segment(seg_size) => h.next_tli,
         _ => tli,
-    }
-}
-
-fn read_error(e: ReadError) -> PgError {
-    match e {
-        ReadError::SegmentMissing(_) => PgError::error(sqlstate::UNDEFINED_FILE, e.to_string()),
-        ReadError::Io { .. } => PgError::error(sqlstate::INTERNAL_ERROR, e.to_string()),
-        ReadError::Damaged { .. } => {
-            tracing::error!("refusing to serve damaged WAL: {e}");
-            metrics::counter!("walrelay_wal_damaged_reads_total").increment(1);
-            PgError::error(sqlstate::DATA_CORRUPTED, e.to_string())
-                .with_hint("Run walrelay verify on the relay's data directory; the relay serves no WAL past the damage.")
-        }
     }
 }
 
