@@ -1,10 +1,13 @@
 //! Answers to replication commands, from the store's state, in PostgreSQL's formats and words.
+//! `START_REPLICATION` is handed to [`walsender`]; everything else is answered here.
 
 use std::sync::Arc;
 
-use super::error::slot_error;
-use super::session::{server_major, server_version_num, Client, Conn, SessionEnd};
-use super::{walsender, Context};
+use super::client::{server_version_num, Client};
+use super::connection::Conn;
+use super::context::Context;
+use super::error::{slot_error, SessionEnd};
+use super::walsender;
 use crate::proto::backend::{self, Column};
 use crate::proto::command::{parse_command, Command, CommandError};
 use crate::proto::error::{sqlstate, PgError};
@@ -29,7 +32,7 @@ pub async fn execute(
             return Ok(());
         }
     };
-    let major = server_major(&client.identity.server_version);
+    let major = client.server_major();
     let out = &mut conn.out;
     match cmd {
         // An empty query is not a replication command, so a physical walsender treats it as

@@ -1,14 +1,43 @@
-//! What downstream clients are told when the store refuses: typed errors from `store/`
-//! ([`SlotError`], [`ReadError`], [`NotInHistory`]) mapped to ErrorResponses with PostgreSQL's
-//! SQLSTATEs and words.
+//! How downstream sessions end and what clients are told: [`SessionEnd`] (why a session
+//! ended, reported once by the session), and the typed errors of `store/` ([`SlotError`],
+//! [`ReadError`], [`NotInHistory`]) mapped to ErrorResponses with PostgreSQL's SQLSTATEs and
+//! words.
 //!
 //! The store says what went wrong in PostgreSQL's words and knows nothing of the wire; the
-//! SQLSTATE a client sees is chosen here, once, so the two sides cannot drift apart.
+//! SQLSTATE a client sees is chosen here, once, so the two sides cannot drift apart. This file
+//! sits below every other file of `downstream/` and imports none of them.
 
 use crate::proto::error::{sqlstate, PgError};
+use crate::proto::ProtocolError;
 use crate::store::reader::ReadError;
 use crate::store::servable::NotInHistory;
 use crate::store::slots::SlotError;
+use crate::wire::WireError;
+
+/// How a session ended, for the log line (and the last message to the client).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("client disconnected")]
+    ClientGone,
+    #[error("{0}")]
+    Fatal(PgError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid message from client: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("relay shutting down")]
+    Shutdown,
+}
+
+impl From<WireError> for SessionEnd {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Closed => SessionEnd::ClientGone,
+            WireError::Io(e) => SessionEnd::Io(e),
+            WireError::Protocol(p) => SessionEnd::Protocol(p),
+        }
+    }
+}
 
 /// A slot refusal as PostgreSQL's slot.c reports it (all `ERROR`: the session goes on).
 pub fn slot_error(e: &SlotError) -> PgError {

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
-use super::error::{not_in_history, read_error, slot_error};
-use super::session::{Client, Conn, SessionEnd};
-use super::Context;
+use super::client::Client;
+use super::connection::Conn;
+use super::context::Context;
+use super::error::{not_in_history, read_error, slot_error, SessionEnd};
 use crate::lag::registry::{Downstream, RegistryGuard, WalSndState};
 use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
