@@ -10,22 +10,10 @@
 //! [`registry`] holds the connected downstreams and their trackers; [`Feedback`] is the narrow
 //! view of it that the upstream session forwards (apply and hot-standby feedback).
 
+mod feedback;
 pub mod registry;
 pub mod tracker;
 
+pub use feedback::Feedback;
 pub use registry::Registry;
 pub use tracker::{LagTracker, Stage};
-
-use crate::proto::replication::HotStandbyFeedback;
-use crate::wal::Lsn;
-
-/// What the upstream session reports on behalf of the downstreams: the slowest replay (as
-/// `apply`) and the oldest xmin / catalog_xmin they ask to keep (as hot-standby feedback).
-pub trait Feedback: Send + Sync {
-    /// The lowest replay position among downstreams that report one; `None` when none does
-    /// (pg_receivewal reports 0/0 and must not drag apply down).
-    fn min_replay(&self) -> Option<Lsn>;
-    /// The oldest xmin and catalog_xmin (with epochs) any downstream asks to keep; zero where
-    /// nobody asks.
-    fn min_xmin(&self) -> HotStandbyFeedback;
-}

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use super::{Feedback, LagTracker, Stage};
+use super::feedback::Feedback;
+use super::tracker::{LagTracker, Stage};
 use crate::proto::replication::HotStandbyFeedback;
 use crate::wal::{Lsn, TimeLineId};
 
