@@ -33,7 +33,7 @@ pub async fn execute(
         }
     };
     let major = client.server_major();
-    let out = &mut conn.out;
+    let out = conn.out();
     match cmd {
         // An empty query is not a replication command, so a physical walsender treats it as
         // SQL and refuses it.
@@ -174,7 +174,7 @@ pub async fn execute(
                 .await?)
         }
     }
-    backend::ready_for_query(&mut conn.out);
+    backend::ready_for_query(conn.out());
     conn.flush().await?;
     Ok(())
 }

@@ -98,7 +98,7 @@ async fn session(
         .map(|(k, _)| k.clone())
         .collect();
     if minor > 0 || !unsupported.is_empty() {
-        backend::negotiate_protocol_version(&mut conn.out, 0, &unsupported);
+        backend::negotiate_protocol_version(conn.out(), 0, &unsupported);
     }
 
     // Before the relay says anything about its own state: a refused client learns nothing.
@@ -114,7 +114,7 @@ async fn session(
         ));
     };
 
-    backend::authentication_ok(&mut conn.out);
+    backend::authentication_ok(conn.out());
     let client_encoding = get("client_encoding").unwrap_or_else(|| "UTF8".into());
     let major = server_major(&identity.server_version);
     let mut status: Vec<(&str, &str)> = vec![
@@ -141,10 +141,10 @@ async fn session(
         ("TimeZone", "Etc/UTC"),
     ]);
     for (k, v) in status {
-        backend::parameter_status(&mut conn.out, k, v);
+        backend::parameter_status(conn.out(), k, v);
     }
-    backend::backend_key_data(&mut conn.out, pid, rand::random::<i32>());
-    backend::ready_for_query(&mut conn.out);
+    backend::backend_key_data(conn.out(), pid, rand::random::<i32>());
+    backend::ready_for_query(conn.out());
     conn.flush().await?;
     info!("downstream connected");
 
@@ -199,12 +199,12 @@ async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), Sessio
         match parse_startup_packet(&pkt) {
             Ok(StartupPacket::SslRequest) if !ssl_answered => {
                 ssl_answered = true;
-                conn.out.extend_from_slice(b"N");
+                conn.out().extend_from_slice(b"N");
                 conn.flush().await?;
             }
             Ok(StartupPacket::GssEncRequest) if !gss_answered => {
                 gss_answered = true;
-                conn.out.extend_from_slice(b"N");
+                conn.out().extend_from_slice(b"N");
                 conn.flush().await?;
             }
             // A second request of the same kind: PostgreSQL reads its code as a protocol

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::client::Client;
@@ -32,7 +31,7 @@ use crate::proto::replication::{
 use crate::store::reader::{ReadError, WalReader};
 use crate::store::servable::{Historic, Servable};
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
-use crate::wire::{MsgReader, WireError};
+use crate::wire::{MsgReader, ReadHalf, WireError};
 
 /// MAX_SEND_SIZE in walsender.c.
 const MAX_SEND: u64 = 16 * WAL_PAGE_SIZE;
@@ -45,7 +44,7 @@ const SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 enum ClientEvent {
     Message(ClientCopyMessage),
     /// The client sent CopyDone; the reader is handed back for the command loop.
-    CopyDone(MsgReader<OwnedReadHalf>),
+    CopyDone(MsgReader<ReadHalf>),
     Terminate,
     Gone(SessionEnd),
 }
@@ -93,7 +92,7 @@ pub async fn start_replication(
         }
     }
 
-    backend::copy_both_response(&mut conn.out);
+    backend::copy_both_response(conn.out());
     if historic.is_none() && start > durable.lsn {
         let e = PgError::error(
             sqlstate::INTERNAL_ERROR,
@@ -206,25 +205,25 @@ fn file_tli(tli: TimeLineId, historic: Option<Historic>, lsn: Lsn, seg_size: u64
 /// `T next_tli next_tli_startpos / D / C START_STREAMING / C START_REPLICATION / Z`.
 fn end_of_timeline_result(conn: &mut Conn, h: Historic) {
     backend::row_description(
-        &mut conn.out,
+        conn.out(),
         &[Column::int8("next_tli"), Column::text("next_tli_startpos")],
     );
     backend::data_row(
-        &mut conn.out,
+        conn.out(),
         &[
             Some(h.next_tli.to_string().as_bytes()),
             Some(h.switchpoint.to_string().as_bytes()),
         ],
     );
-    backend::command_complete(&mut conn.out, "START_STREAMING");
-    backend::command_complete(&mut conn.out, "START_REPLICATION");
-    backend::ready_for_query(&mut conn.out);
+    backend::command_complete(conn.out(), "START_STREAMING");
+    backend::command_complete(conn.out(), "START_REPLICATION");
+    backend::ready_for_query(conn.out());
 }
 
 impl Sender {
     /// Streams until the client ends the stream (returns the reader for the command loop) or
     /// the connection ends.
-    async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
+    async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<ReadHalf>, SessionEnd> {
         let mut servable_rx = self.ctx.store.subscribe_servable();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
@@ -340,7 +339,7 @@ impl Sender {
                 "could not read WAL",
             )));
         }
-        encode_xlog_data_frame(&mut conn.out, self.sent, end, &data);
+        encode_xlog_data_frame(conn.out(), self.sent, end, &data);
         conn.flush().await?;
         let n = data.len() as u64;
         self.sent = Lsn(self.sent.0 + n);
@@ -390,7 +389,7 @@ impl Sender {
             send_time: now_pg(),
             reply_requested,
         }
-        .encode_frame(&mut conn.out);
+        .encode_frame(conn.out());
         Ok(conn.flush().await?)
     }
 
@@ -399,7 +398,7 @@ impl Sender {
         &mut self,
         conn: &mut Conn,
         ev: ClientEvent,
-    ) -> Result<Option<MsgReader<OwnedReadHalf>>, SessionEnd> {
+    ) -> Result<Option<MsgReader<ReadHalf>>, SessionEnd> {
         self.last_heard = Instant::now();
         self.ping_sent = false;
         match ev {
@@ -419,10 +418,10 @@ impl Sender {
             }
             ClientEvent::CopyDone(rd) => {
                 // Client ends the stream: CopyDone back, then the two CommandCompletes.
-                backend::copy_done(&mut conn.out);
-                backend::command_complete(&mut conn.out, "START_STREAMING");
-                backend::command_complete(&mut conn.out, "START_REPLICATION");
-                backend::ready_for_query(&mut conn.out);
+                backend::copy_done(conn.out());
+                backend::command_complete(conn.out(), "START_STREAMING");
+                backend::command_complete(conn.out(), "START_REPLICATION");
+                backend::ready_for_query(conn.out());
                 conn.flush().await?;
                 Ok(Some(rd))
             }
@@ -437,10 +436,10 @@ impl Sender {
         &mut self,
         conn: &mut Conn,
         h: Historic,
-    ) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
+    ) -> Result<MsgReader<ReadHalf>, SessionEnd> {
         tracing::info!(timeline = self.tli, switchpoint = %h.switchpoint, next = h.next_tli, "end of timeline reached");
         self.guard.update(|d| d.state = WalSndState::Stopping);
-        backend::copy_done(&mut conn.out);
+        backend::copy_done(conn.out());
         conn.flush().await?;
         loop {
             let ev = tokio::select! {
@@ -466,7 +465,7 @@ impl Sender {
 }
 
 /// Reads the client's messages during the stream and forwards them to the sender.
-async fn read_replies(mut rd: MsgReader<OwnedReadHalf>, tx: mpsc::Sender<ClientEvent>) {
+async fn read_replies(mut rd: MsgReader<ReadHalf>, tx: mpsc::Sender<ClientEvent>) {
     loop {
         let ev = match rd.read_message().await {
             Err(e) => ClientEvent::Gone(match e {
