@@ -2,7 +2,7 @@
 //! on one `watch` channel that every walsender and `IDENTIFY_SYSTEM` read.
 //!
 //! Three inputs meet here:
-//! - the durable end (the writer publishes it after fsync, [`Store::publish_durable`]);
+//! - the durable end (the writer publishes it after fsync, through `Store::publish_durable`);
 //! - the `--failover-standby` bound ([`ServeLimit`], set by `failover::watcher` through
 //!   [`Store::set_serve_limit`]);
 //! - the history of the relay's current timeline, which says where an older timeline ends

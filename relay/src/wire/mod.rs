@@ -3,7 +3,7 @@
 //!
 //! - [`stream`]: the transport, plain TCP or TLS (client or server side), and its halves;
 //! - [`read`]: the cancel-safe message reader and its buffer;
-//! - [`write`]: the cancel-safe sender of an output buffer;
+//! - [`mod@write`]: the cancel-safe sender of an output buffer;
 //! - [`framed`]: a whole connection (reader buffer + output buffer over one [`Stream`]), which
 //!   splits into a [`MsgReader`] and a [`MsgWriter`] when reading and writing go to different
 //!   tasks (the downstream walsender).
