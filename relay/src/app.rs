@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::config::RelayConfig;
-use crate::downstream::{self, Registry};
-use crate::failover::{FailoverStatus, FailoverWatcher, ServeLimit};
+use crate::downstream;
+use crate::failover::{FailoverStatus, FailoverWatcher};
 use crate::http::{self, HttpState};
+use crate::lag::Registry;
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
@@ -58,12 +59,11 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
             },
             store: store.clone(),
             writer: writer_handle,
-            registry: registry.clone(),
+            feedback: registry.clone(),
             status: upstream_state.clone(),
         },
         cancel.clone(),
     ));
-    let (limit_tx, limit_rx) = tokio::sync::watch::channel(ServeLimit::Unlimited);
     let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
     if !cfg.failover_standbys.is_empty() {
         info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
@@ -74,7 +74,6 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
                 application_name: format!("{} failover watcher", cfg.application_name),
                 store: store.clone(),
                 upstream: upstream_state.clone(),
-                limit_tx,
                 status: failover_status.clone(),
             }
             .run(cancel.clone()),
@@ -84,7 +83,6 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         store.clone(),
         registry.clone(),
         cancel.clone(),
-        limit_rx,
     ));
     tracker.spawn(
         downstream::serve(listener, ctx, tracker.clone())

@@ -172,9 +172,9 @@ fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
 /// PostgreSQL's rule for slot names (ReplicationSlotValidateName), the same one the relay's own
 /// slots follow.
 pub fn validate_slot_name(name: &str) -> anyhow::Result<()> {
-    crate::store::slots::validate_name(name).map_err(|e| match e.hint {
-        Some(h) => anyhow::anyhow!("{} ({h})", e.message),
-        None => anyhow::anyhow!(e.message),
+    crate::store::slots::validate_name(name).map_err(|e| match e.hint() {
+        Some(h) => anyhow::anyhow!("{e} ({h})"),
+        None => anyhow::anyhow!("{e}"),
     })
 }
 

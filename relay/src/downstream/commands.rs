@@ -1,9 +1,13 @@
 //! Answers to replication commands, from the store's state, in PostgreSQL's formats and words.
+//! `START_REPLICATION` is handed to [`walsender`]; everything else is answered here.
 
 use std::sync::Arc;
 
-use super::session::{server_major, server_version_num, Client, Conn, SessionEnd};
-use super::{walsender, Context};
+use super::client::{server_version_num, Client};
+use super::connection::Conn;
+use super::context::Context;
+use super::error::{slot_error, SessionEnd};
+use super::walsender;
 use crate::proto::backend::{self, Column};
 use crate::proto::command::{parse_command, Command, CommandError};
 use crate::proto::error::{sqlstate, PgError};
@@ -28,8 +32,8 @@ pub async fn execute(
             return Ok(());
         }
     };
-    let major = server_major(&client.identity.server_version);
-    let out = &mut conn.out;
+    let major = client.server_major();
+    let out = conn.out();
     match cmd {
         // An empty query is not a replication command, so a physical walsender treats it as
         // SQL and refuses it.
@@ -42,7 +46,7 @@ pub async fn execute(
                 .await?)
         }
         Command::IdentifySystem => {
-            let d = ctx.servable();
+            let d = ctx.store.servable().end();
             let tli_col = if major >= 16 { Column::int8("timeline") } else { Column::int4("timeline") };
             backend::single_row(
                 out,
@@ -118,7 +122,7 @@ pub async fn execute(
         }
         Command::DropSlot { name, .. } => match ctx.store.slots().drop_slot(&name, client.pid) {
             Ok(()) => backend::command_complete(out, "DROP_REPLICATION_SLOT"),
-            Err(e) => return Ok(conn.send_error(&e).await?),
+            Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
         },
         Command::CreatePhysicalSlot { name, temporary, reserve_wal } => {
             let d = ctx.store.durable();
@@ -139,7 +143,7 @@ pub async fn execute(
                         "CREATE_REPLICATION_SLOT",
                     );
                 }
-                Err(e) => return Ok(conn.send_error(&e).await?),
+                Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
             }
         }
         Command::CreateLogicalSlot { .. } | Command::StartLogicalReplication { .. } => {
@@ -170,7 +174,7 @@ pub async fn execute(
                 .await?)
         }
     }
-    backend::ready_for_query(&mut conn.out);
+    backend::ready_for_query(conn.out());
     conn.flush().await?;
     Ok(())
 }

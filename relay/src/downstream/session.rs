@@ -1,84 +1,31 @@
-//! One downstream connection: startup packet negotiation, authentication, the parameters a
-//! walsender reports, then the simple-query command loop.
+//! One downstream session: startup packet negotiation, authentication (through [`auth`]), the
+//! parameters a walsender reports, then the simple-query command loop, which hands each query
+//! to [`commands`]. How the session ended is reported here, once: in the log and, where the
+//! protocol allows, as the client's last message.
+//!
+//! Layering: this file sits on [`super::connection`], [`auth`], [`super::client`] and
+//! [`super::error`]; the commands and the walsender sit above those, and are reached from here
+//! only through [`commands::execute`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tracing::{field, info, Instrument};
 
-use super::{commands, is_loopback, Context};
+use super::auth;
+use super::client::{server_major, Client};
+use super::commands;
+use super::connection::Conn;
+use super::context::Context;
+use super::error::SessionEnd;
 use crate::proto::backend;
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{
     parse_frontend, parse_startup_packet, FrontendMessage, StartupPacket,
 };
 use crate::proto::ProtocolError;
-use crate::store::Identity;
-use crate::wire::{self, MsgReader, WireError};
-
-/// How a session ended, for the log line.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionEnd {
-    #[error("client disconnected")]
-    ClientGone,
-    #[error("{0}")]
-    Fatal(PgError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("invalid message from client: {0}")]
-    Protocol(#[from] ProtocolError),
-    #[error("relay shutting down")]
-    Shutdown,
-}
-
-impl From<WireError> for SessionEnd {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::Closed => SessionEnd::ClientGone,
-            WireError::Io(e) => SessionEnd::Io(e),
-            WireError::Protocol(p) => SessionEnd::Protocol(p),
-        }
-    }
-}
-
-/// What the command loop and walsender know about the client.
-pub struct Client {
-    pub pid: i32,
-    pub peer: SocketAddr,
-    pub user: String,
-    pub application_name: String,
-    pub identity: Identity,
-}
-
-/// The connection halves and the output buffer.
-pub struct Conn {
-    /// `None` only while a walsender's reply task holds it.
-    pub rd: Option<MsgReader<OwnedReadHalf>>,
-    pub wr: OwnedWriteHalf,
-    pub out: BytesMut,
-}
-
-impl Conn {
-    pub fn reader(&mut self) -> Result<&mut MsgReader<OwnedReadHalf>, SessionEnd> {
-        self.rd.as_mut().ok_or(SessionEnd::ClientGone)
-    }
-
-    pub async fn flush(&mut self) -> std::io::Result<()> {
-        wire::write_all(&mut self.wr, &mut self.out).await
-    }
-
-    /// Sends an ErrorResponse (and ReadyForQuery after an ERROR).
-    pub async fn send_error(&mut self, e: &PgError) -> std::io::Result<()> {
-        e.encode(&mut self.out);
-        if e.severity != crate::proto::error::Severity::Fatal {
-            backend::ready_for_query(&mut self.out);
-        }
-        self.flush().await
-    }
-}
+use crate::wire::WireError;
 
 pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
     let pid = ctx.next_pid();
@@ -90,12 +37,7 @@ pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
         user = field::Empty
     );
     async move {
-        let (rd, wr) = socket.into_split();
-        let mut conn = Conn {
-            rd: Some(MsgReader::new(rd)),
-            wr,
-            out: BytesMut::with_capacity(8192),
-        };
+        let mut conn = Conn::new(socket);
         let result = session(&ctx, &mut conn, pid, peer).await;
         // Temporary slots end with the session that created them.
         ctx.store.slots().drop_temporary_of(pid);
@@ -156,21 +98,11 @@ async fn session(
         .map(|(k, _)| k.clone())
         .collect();
     if minor > 0 || !unsupported.is_empty() {
-        backend::negotiate_protocol_version(&mut conn.out, 0, &unsupported);
+        backend::negotiate_protocol_version(conn.out(), 0, &unsupported);
     }
 
-    // Authentication. Until configurable rules exist, loopback clients are trusted and
-    // everyone else is refused, in pg_hba.conf's words.
-    if !is_loopback(&peer) {
-        return Err(SessionEnd::Fatal(PgError::fatal(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!(
-                "no pg_hba.conf entry for replication connection from host \"{}\", user \"{}\", no encryption",
-                peer.ip(),
-                user
-            ),
-        )));
-    }
+    // Before the relay says anything about its own state: a refused client learns nothing.
+    auth::authenticate(peer, &user)?;
 
     let Some(identity) = ctx.store.identity() else {
         return Err(SessionEnd::Fatal(
@@ -182,7 +114,7 @@ async fn session(
         ));
     };
 
-    backend::authentication_ok(&mut conn.out);
+    backend::authentication_ok(conn.out());
     let client_encoding = get("client_encoding").unwrap_or_else(|| "UTF8".into());
     let major = server_major(&identity.server_version);
     let mut status: Vec<(&str, &str)> = vec![
@@ -209,10 +141,10 @@ async fn session(
         ("TimeZone", "Etc/UTC"),
     ]);
     for (k, v) in status {
-        backend::parameter_status(&mut conn.out, k, v);
+        backend::parameter_status(conn.out(), k, v);
     }
-    backend::backend_key_data(&mut conn.out, pid, rand::random::<i32>());
-    backend::ready_for_query(&mut conn.out);
+    backend::backend_key_data(conn.out(), pid, rand::random::<i32>());
+    backend::ready_for_query(conn.out());
     conn.flush().await?;
     info!("downstream connected");
 
@@ -267,12 +199,12 @@ async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), Sessio
         match parse_startup_packet(&pkt) {
             Ok(StartupPacket::SslRequest) if !ssl_answered => {
                 ssl_answered = true;
-                conn.out.extend_from_slice(b"N");
+                conn.out().extend_from_slice(b"N");
                 conn.flush().await?;
             }
             Ok(StartupPacket::GssEncRequest) if !gss_answered => {
                 gss_answered = true;
-                conn.out.extend_from_slice(b"N");
+                conn.out().extend_from_slice(b"N");
                 conn.flush().await?;
             }
             // A second request of the same kind: PostgreSQL reads its code as a protocol
@@ -357,34 +289,16 @@ pub fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// The major version number of a `server_version` string (`15.18 (Debian …)` → 15).
-pub fn server_major(version: &str) -> u32 {
-    server_version_num(version) / 10000
-}
-
-/// `server_version_num` from a `server_version` string, as libpq's PQserverVersion computes it
-/// for 10+: major × 10000 + minor (`15.18 (Debian …)` → 150018).
-pub fn server_version_num(version: &str) -> u32 {
-    let mut parts = version
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    major.saturating_mul(10000).saturating_add(minor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn bools_and_versions() {
+    fn bools() {
         assert_eq!(parse_bool("true"), Some(true));
         assert_eq!(parse_bool("on"), Some(true));
         assert_eq!(parse_bool("of"), Some(false));
         assert_eq!(parse_bool("o"), None);
         assert_eq!(parse_bool("database"), None);
-        assert_eq!(server_major("15.18 (Debian 15.18-0+deb12u1)"), 15);
-        assert_eq!(server_major("18beta1"), 18);
     }
 }

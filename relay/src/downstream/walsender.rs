@@ -5,18 +5,23 @@
 //! keepalives while idle. A separate task reads the client's `r`/`h`/CopyDone so that a client
 //! that is busy writing never blocks on us and we never block on it.
 //!
-//! Invariant: no byte at or past the published durable position is ever sent.
+//! How far it may send is not its own decision: it follows the store's servable end
+//! ([`crate::store::servable`]: durable, within the failover limit, up to a historic timeline's
+//! switch point), one watch, and applies [`Servable::bound`] to its timeline.
+//!
+//! Invariant: no byte at or past the published servable end is ever sent.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
-use super::registry::{Downstream, RegistryGuard, WalSndState};
-use super::session::{Client, Conn, SessionEnd};
-use super::Context;
+use super::client::Client;
+use super::connection::Conn;
+use super::context::Context;
+use super::error::{not_in_history, read_error, slot_error, SessionEnd};
+use crate::lag::registry::{Downstream, RegistryGuard, WalSndState};
 use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{parse_frontend, FrontendMessage};
@@ -24,9 +29,9 @@ use crate::proto::replication::{
     encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
 use crate::store::reader::{ReadError, WalReader};
-use crate::wal::history::{parse_history, switch_point};
+use crate::store::servable::{Historic, Servable};
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
-use crate::wire::{MsgReader, WireError};
+use crate::wire::{MsgReader, ReadHalf, WireError};
 
 /// MAX_SEND_SIZE in walsender.c.
 const MAX_SEND: u64 = 16 * WAL_PAGE_SIZE;
@@ -35,48 +40,13 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// `wal_sender_timeout`: a client silent this long is gone; at half of it we ask for a reply.
 const SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where the requested timeline ends, if it is not the relay's current one.
-#[derive(Debug, Clone, Copy)]
-struct Historic {
-    switchpoint: Lsn,
-    next_tli: TimeLineId,
-}
-
 /// What the reply reader tells the sender.
 enum ClientEvent {
     Message(ClientCopyMessage),
     /// The client sent CopyDone; the reader is handed back for the command loop.
-    CopyDone(MsgReader<OwnedReadHalf>),
+    CopyDone(MsgReader<ReadHalf>),
     Terminate,
     Gone(SessionEnd),
-}
-
-/// Looks up where `tli` ends in the lineage of the relay's current timeline.
-fn historic_end(
-    ctx: &Context,
-    tli: TimeLineId,
-    current: TimeLineId,
-) -> Result<Option<Historic>, PgError> {
-    if tli == current {
-        return Ok(None);
-    }
-    let not_in_history = || {
-        PgError::error(
-            sqlstate::INTERNAL_ERROR,
-            format!("requested timeline {tli} is not in this server's history"),
-        )
-    };
-    let history = match ctx.store.history(current) {
-        Some(h) => parse_history(&h).map_err(|_| not_in_history())?,
-        None => Vec::new(),
-    };
-    match switch_point(tli, current, &history) {
-        Some((Some(switchpoint), next_tli)) => Ok(Some(Historic {
-            switchpoint,
-            next_tli,
-        })),
-        _ => Err(not_in_history()),
-    }
 }
 
 pub async fn start_replication(
@@ -95,15 +65,16 @@ pub async fn start_replication(
                 name,
                 pid: client.pid,
             }),
-            Err(e) => return Ok(conn.send_error(&e).await?),
+            Err(e) => return Ok(conn.send_error(&slot_error(&e)).await?),
         },
         None => None,
     };
-    let durable = ctx.servable();
+    let servable = ctx.store.servable();
+    let durable = servable.end();
     let tli = timeline.unwrap_or(durable.timeline);
-    let historic = match historic_end(ctx, tli, durable.timeline) {
+    let historic = match servable.historic(tli) {
         Ok(h) => h,
-        Err(e) => return Ok(conn.send_error(&e).await?),
+        Err(e) => return Ok(conn.send_error(&not_in_history(e)).await?),
     };
     if let Some(h) = historic {
         if start > h.switchpoint {
@@ -121,7 +92,7 @@ pub async fn start_replication(
         }
     }
 
-    backend::copy_both_response(&mut conn.out);
+    backend::copy_both_response(conn.out());
     if historic.is_none() && start > durable.lsn {
         let e = PgError::error(
             sqlstate::INTERNAL_ERROR,
@@ -133,7 +104,10 @@ pub async fn start_replication(
         return Ok(conn.send_error(&e).await?);
     }
     let mut reader = Some(WalReader::new(ctx.store.clone()));
-    let seg_size = reader.as_ref().map(|r| r.seg_size()).unwrap_or(16 << 20);
+    let seg_size = reader
+        .as_ref()
+        .map(|r| r.seg_size())
+        .unwrap_or(crate::wal::segment::DEFAULT_SEG_SIZE);
     // At the durable end the next segment may not exist yet: the stream just waits for it.
     let available_end = historic.map(|h| h.switchpoint).unwrap_or(durable.lsn);
     if let Some(r) = reader.as_mut().filter(|_| start < available_end) {
@@ -231,73 +205,47 @@ fn file_tli(tli: TimeLineId, historic: Option<Historic>, lsn: Lsn, seg_size: u64
     }
 }
 
-fn read_error(e: ReadError) -> PgError {
-    match e {
-        ReadError::SegmentMissing(_) => PgError::error(sqlstate::UNDEFINED_FILE, e.to_string()),
-        ReadError::Io { .. } => PgError::error(sqlstate::INTERNAL_ERROR, e.to_string()),
-        ReadError::Damaged { .. } => {
-            tracing::error!("refusing to serve damaged WAL: {e}");
-            metrics::counter!("walrelay_wal_damaged_reads_total").increment(1);
-            PgError::error(sqlstate::DATA_CORRUPTED, e.to_string())
-                .with_hint("Run walrelay verify on the relay's data directory; the relay serves no WAL past the damage.")
-        }
-    }
-}
-
 /// `T next_tli next_tli_startpos / D / C START_STREAMING / C START_REPLICATION / Z`.
 fn end_of_timeline_result(conn: &mut Conn, h: Historic) {
     backend::row_description(
-        &mut conn.out,
+        conn.out(),
         &[Column::int8("next_tli"), Column::text("next_tli_startpos")],
     );
     backend::data_row(
-        &mut conn.out,
+        conn.out(),
         &[
             Some(h.next_tli.to_string().as_bytes()),
             Some(h.switchpoint.to_string().as_bytes()),
         ],
     );
-    backend::command_complete(&mut conn.out, "START_STREAMING");
-    backend::command_complete(&mut conn.out, "START_REPLICATION");
-    backend::ready_for_query(&mut conn.out);
+    backend::command_complete(conn.out(), "START_STREAMING");
+    backend::command_complete(conn.out(), "START_REPLICATION");
+    backend::ready_for_query(conn.out());
 }
 
 impl Sender {
     /// Streams until the client ends the stream (returns the reader for the command loop) or
     /// the connection ends.
-    async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
-        let mut durable_rx = self.ctx.store.subscribe();
-        let mut limit_rx = self.ctx.serve_limit.clone();
+    async fn stream(&mut self, conn: &mut Conn) -> Result<MsgReader<ReadHalf>, SessionEnd> {
+        let mut servable_rx = self.ctx.store.subscribe_servable();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
-            let stored = *durable_rx.borrow_and_update();
-            let limit = *limit_rx.borrow_and_update();
-            let durable = limit.apply(stored);
-            if self.historic.is_none() && durable.timeline != self.tli {
-                // The relay moved to a new timeline under us: ours is historic now.
-                match historic_end(&self.ctx, self.tli, durable.timeline) {
-                    Ok(h) => self.historic = h,
-                    Err(e) => return Err(SessionEnd::Fatal(e)),
-                }
-            }
-            let end = match self.historic {
-                // The segment holding the switch point is read from the next timeline's file;
-                // while the relay is still filling that file, only its durable part is served.
-                Some(h) if durable.timeline == h.next_tli => h.switchpoint.min(durable.lsn),
-                Some(h) => h.switchpoint,
-                None => durable.lsn,
-            };
+            let servable: Servable = servable_rx.borrow_and_update().clone();
+            // When the relay moved to a new timeline under us, ours is historic from now on.
+            let bound = servable
+                .bound(self.tli, self.historic)
+                .map_err(|e| SessionEnd::Fatal(not_in_history(e)))?;
+            self.historic = bound.historic;
+            let end = bound.end;
             if let Some(h) = self.historic.filter(|h| self.sent > h.switchpoint) {
-                // Past the fork by a partial record only (the first record after the fork point
-                // was not sent whole): the downstream replayed nothing the new primary lacks,
-                // so its timeline ends as usual and it follows. A whole record past the fork
-                // (or no way to tell) means it must be rebuilt.
-                let whole = self
+                // Past the fork by a partial record only: the downstream replayed nothing the
+                // new primary lacks, so its timeline ends as usual and it follows. A whole
+                // record past the fork (or no way to tell) means it must be rebuilt.
+                if self
                     .ctx
                     .store
-                    .record_end_after(self.tli, h.switchpoint)
-                    .is_none_or(|first_end| self.sent >= first_end);
-                if whole {
+                    .holds_record_past(self.tli, h.switchpoint, self.sent)
+                {
                     return Err(self.diverged(h));
                 }
                 return self.end_timeline(conn, h).await;
@@ -319,15 +267,14 @@ impl Sender {
             let ping_due = self.last_heard + SENDER_TIMEOUT / 2;
             let timeout_at = self.last_heard + SENDER_TIMEOUT;
             tokio::select! {
-                r = durable_rx.changed() => {
+                r = servable_rx.changed() => {
                     if r.is_err() {
                         return Err(SessionEnd::Shutdown);
                     }
-                    self.durable_at = Instant::now();
-                }
-                r = limit_rx.changed() => {
-                    if r.is_err() {
-                        return Err(SessionEnd::Shutdown);
+                    // Lag samples carry the time new WAL became durable, not the time the
+                    // failover limit released it.
+                    if servable_rx.borrow().durable() != servable.durable() {
+                        self.durable_at = Instant::now();
                     }
                 }
                 ev = self.ev_rx.recv() => {
@@ -395,7 +342,7 @@ impl Sender {
                 "could not read WAL",
             )));
         }
-        encode_xlog_data_frame(&mut conn.out, self.sent, end, &data);
+        encode_xlog_data_frame(conn.out(), self.sent, end, &data);
         conn.flush().await?;
         let n = data.len() as u64;
         self.sent = Lsn(self.sent.0 + n);
@@ -409,7 +356,8 @@ impl Sender {
         Ok(())
     }
 
-    /// Reads from the in-memory tail directly, from disk on a blocking thread.
+    /// Reads from the in-memory tail directly (the one place it is looked up), from the segment
+    /// files on a blocking thread.
     async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
         let max = (end.0 - lsn.0) as usize;
         if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
@@ -422,7 +370,7 @@ impl Sender {
             });
         };
         let (reader, r) = tokio::task::spawn_blocking(move || {
-            let r = reader.read(tli, lsn, end, max);
+            let r = reader.read_file(tli, lsn, end, max);
             (reader, r)
         })
         .await
@@ -444,7 +392,7 @@ impl Sender {
             send_time: now_pg(),
             reply_requested,
         }
-        .encode_frame(&mut conn.out);
+        .encode_frame(conn.out());
         Ok(conn.flush().await?)
     }
 
@@ -453,7 +401,7 @@ impl Sender {
         &mut self,
         conn: &mut Conn,
         ev: ClientEvent,
-    ) -> Result<Option<MsgReader<OwnedReadHalf>>, SessionEnd> {
+    ) -> Result<Option<MsgReader<ReadHalf>>, SessionEnd> {
         self.last_heard = Instant::now();
         self.ping_sent = false;
         match ev {
@@ -473,10 +421,10 @@ impl Sender {
             }
             ClientEvent::CopyDone(rd) => {
                 // Client ends the stream: CopyDone back, then the two CommandCompletes.
-                backend::copy_done(&mut conn.out);
-                backend::command_complete(&mut conn.out, "START_STREAMING");
-                backend::command_complete(&mut conn.out, "START_REPLICATION");
-                backend::ready_for_query(&mut conn.out);
+                backend::copy_done(conn.out());
+                backend::command_complete(conn.out(), "START_STREAMING");
+                backend::command_complete(conn.out(), "START_REPLICATION");
+                backend::ready_for_query(conn.out());
                 conn.flush().await?;
                 Ok(Some(rd))
             }
@@ -491,10 +439,10 @@ impl Sender {
         &mut self,
         conn: &mut Conn,
         h: Historic,
-    ) -> Result<MsgReader<OwnedReadHalf>, SessionEnd> {
+    ) -> Result<MsgReader<ReadHalf>, SessionEnd> {
         tracing::info!(timeline = self.tli, switchpoint = %h.switchpoint, next = h.next_tli, "end of timeline reached");
         self.guard.update(|d| d.state = WalSndState::Stopping);
-        backend::copy_done(&mut conn.out);
+        backend::copy_done(conn.out());
         conn.flush().await?;
         loop {
             let ev = tokio::select! {
@@ -520,7 +468,7 @@ impl Sender {
 }
 
 /// Reads the client's messages during the stream and forwards them to the sender.
-async fn read_replies(mut rd: MsgReader<OwnedReadHalf>, tx: mpsc::Sender<ClientEvent>) {
+async fn read_replies(mut rd: MsgReader<ReadHalf>, tx: mpsc::Sender<ClientEvent>) {
     loop {
         let ev = match rd.read_message().await {
             Err(e) => ClientEvent::Gone(match e {

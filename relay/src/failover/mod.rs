@@ -6,9 +6,9 @@
 //! the primary, read from the primary's `pg_stat_replication` over a normal SQL connection.
 //!
 //! ```text
-//!  primary ──pg_stat_replication──▶ watcher (polls while WAL waits) ──▶ rule ──▶ watch<ServeLimit>
+//!  primary ──pg_stat_replication──▶ watcher (polls while WAL waits) ──▶ rule ──▶ ServeLimit
 //!                                                                               │
-//!                                       walsenders serve min(durable, limit) ◀──┘
+//!        walsenders ◀── store::servable (min(durable, limit), one watch) ◀──────┘
 //! ```
 //!
 //! The rule for absent candidates ([`rule`]): a named standby holds once it has been seen
@@ -18,33 +18,6 @@
 
 pub mod rule;
 pub mod watcher;
-
-use crate::store::Durable;
-use crate::wal::{Lsn, TimeLineId};
-
-/// The most WAL of `timeline` that may be served, or no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ServeLimit {
-    #[default]
-    Unlimited,
-    UpTo {
-        timeline: TimeLineId,
-        lsn: Lsn,
-    },
-}
-
-impl ServeLimit {
-    /// What may be served of the durable WAL `durable`.
-    pub fn apply(self, durable: Durable) -> Durable {
-        match self {
-            ServeLimit::UpTo { timeline, lsn } if timeline == durable.timeline => Durable {
-                timeline,
-                lsn: durable.lsn.min(lsn),
-            },
-            _ => durable,
-        }
-    }
-}
 
 pub use rule::{CandidateState, HoldRule};
 pub use watcher::{FailoverStatus, FailoverWatcher};

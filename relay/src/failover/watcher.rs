@@ -1,5 +1,6 @@
 //! The task that reads the named candidates' flush positions on the current primary and
-//! publishes the serve limit.
+//! sets the serve limit in the store ([`Store::set_serve_limit`]), which derives the servable
+//! end from it.
 //!
 //! It polls only while WAL is waiting to be released (the durable end is past the limit), every
 //! [`POLL_INTERVAL`], so the added latency stays in single-digit milliseconds under load and an
@@ -9,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::rule::{CandidateState, HoldRule};
-use super::ServeLimit;
 use crate::config::conninfo::ConnInfo;
+use crate::store::servable::ServeLimit;
 use crate::store::Store;
 use crate::upstream::connection::{connect_kind, SessionKind};
 use crate::upstream::UpstreamState;
@@ -53,7 +53,6 @@ pub struct FailoverWatcher {
     pub application_name: String,
     pub store: Arc<Store>,
     pub upstream: Arc<UpstreamState>,
-    pub limit_tx: watch::Sender<ServeLimit>,
     pub status: Arc<Mutex<FailoverStatus>>,
 }
 
@@ -69,7 +68,7 @@ impl FailoverWatcher {
             // Until the first reading, hold at what is durable now: nothing new is served
             // before the candidates' positions are known.
             let d = self.store.durable();
-            self.limit_tx.send_replace(ServeLimit::UpTo {
+            self.store.set_serve_limit(ServeLimit::UpTo {
                 timeline: d.timeline,
                 lsn: d.lsn,
             });
@@ -218,11 +217,7 @@ impl FailoverWatcher {
             } else if !holding && was_holding {
                 info!("failover standbys back: releasing WAL");
             }
-            self.limit_tx.send_if_modified(|cur| {
-                let changed = *cur != new;
-                *cur = new;
-                changed
-            });
+            self.store.set_serve_limit(new);
             self.set_status(|s| {
                 s.limit_lsn = limit;
                 s.holding = holding;

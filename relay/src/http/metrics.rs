@@ -14,7 +14,7 @@ fn esc(v: &str) -> String {
 }
 
 /// The labels that identify one downstream session's series.
-fn downstream_labels(d: &crate::downstream::registry::DownstreamSnapshot) -> String {
+fn downstream_labels(d: &crate::lag::registry::DownstreamSnapshot) -> String {
     format!(
         "application_name=\"{}\",client_addr=\"{}\",pid=\"{}\"",
         esc(&d.application_name),

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::downstream::Registry;
+use crate::lag::Registry;
 use crate::store::Store;
 use crate::upstream::UpstreamState;
 

@@ -54,8 +54,9 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolE
         return Err(ProtocolError::BadLength(len as i64));
     }
     let total = 1 + len as usize;
+    // No reserve for the announced length here: the caller's buffer grows with the bytes that
+    // arrive (crate::wire::read), so a peer cannot make the relay allocate by announcing.
     if buf.len() < total {
-        buf.reserve(total - buf.len());
         return Ok(None);
     }
     let mut msg = buf.split_to(total);

@@ -20,7 +20,9 @@
 //!   [`fs::durable_write`], a segment gets its complete name only once written to its end and
 //!   fsynced.
 //! - The durable position published on the `watch` channel ([`Store::subscribe`]) only moves
-//!   after the bytes below it were fsynced; walsenders never read past it.
+//!   after the bytes below it were fsynced; walsenders never read past it. What they may read
+//!   (durable, within the failover limit, up to a timeline's switch point) is derived from it
+//!   in one place, [`servable`], and published on its own watch ([`Store::subscribe_servable`]).
 //! - Every segment file is whole from its first byte: streaming into a new segment file starts
 //!   at the segment's start.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
@@ -33,6 +35,7 @@ pub mod reader;
 pub mod record_ends;
 mod recover;
 pub mod retention;
+pub mod servable;
 pub mod slots;
 pub mod state;
 pub mod tail;
@@ -102,6 +105,8 @@ pub struct Store {
     wal_dir: PathBuf,
     identity: RwLock<Option<Identity>>,
     durable_tx: watch::Sender<Durable>,
+    /// What walsenders may send, derived from the durable end ([`servable`]).
+    servable_tx: watch::Sender<servable::Servable>,
     health_tx: watch::Sender<WriterHealth>,
     histories: Histories,
     tail: Mutex<Tail>,
@@ -156,6 +161,8 @@ impl Store {
         }
         let slots = Slots::load(data_dir).map_err(io_err("load replication slots"))?;
         let (durable_tx, _) = watch::channel(durable);
+        let history = histories.get(durable.timeline);
+        let servable_tx = servable::channel(durable, history.as_deref());
         let (health_tx, _) = watch::channel(WriterHealth::default());
         Ok(Arc::new(Store {
             data_dir: data_dir.to_path_buf(),
@@ -163,6 +170,7 @@ impl Store {
             wal_dir,
             identity: RwLock::new(identity),
             durable_tx,
+            servable_tx,
             health_tx,
             tail: Mutex::new(Tail::default()),
             record_ends: RecordEnds::default(),
@@ -271,6 +279,8 @@ impl Store {
             *cur = d;
             changed
         });
+        // After the durable watch: the servable end never runs ahead of it.
+        self.servable_follow_durable(d);
     }
 
     pub(crate) fn set_health(&self, h: WriterHealth) {

@@ -1,7 +1,10 @@
-//! Positioned reads of stored WAL for walsenders: from the in-memory tail when it still holds
-//! the bytes (they were validated as they arrived), else from the segment files, validated
-//! again as they are read: a byte damaged on disk since it was written stops the stream at the
-//! last valid record before it, with an error, and is never sent.
+//! Positioned reads of stored WAL from the segment files for walsenders, validated again as
+//! they are read: a byte damaged on disk since it was written stops the stream at the last
+//! valid record before it, with an error, and is never sent.
+//!
+//! The in-memory tail ([`Store::tail_read`]) is not consulted here: the walsender looks there
+//! first, once, without leaving its task (those bytes were validated as they arrived), and
+//! comes here, on a blocking thread, only when the tail no longer holds them.
 //!
 //! Segment files are found by the `.partial` rule ([`super::fs::open_for_read`]); a reader
 //! never writes.
@@ -79,9 +82,9 @@ impl WalReader {
         self.segment(tli, lsn.segment(self.seg_size)).map(|_| ())
     }
 
-    /// Up to `max` bytes of `tli` from `lsn`, never past `end` nor the segment end. Blocking when
-    /// the bytes are not in memory: call from a blocking context.
-    pub fn read(
+    /// Up to `max` bytes of `tli` from `lsn` out of its segment file, never past `end` nor the
+    /// segment end. Blocking: call from a blocking context.
+    pub fn read_file(
         &mut self,
         tli: TimeLineId,
         lsn: Lsn,
@@ -93,9 +96,6 @@ impl WalReader {
         let want = (limit.0.saturating_sub(lsn.0) as usize).min(max);
         if want == 0 {
             return Ok(Bytes::new());
-        }
-        if let Some(b) = self.store.tail_read(tli, lsn, want) {
-            return Ok(b);
         }
         let seg_size = self.seg_size;
         let segno = lsn.segment(seg_size);

@@ -5,7 +5,8 @@
 //!
 //! Persistent slots live in `<data-dir>/slots/<name>.json`, written with [`durable_write`]
 //! (temp, fsync, rename, fsync dir). Temporary slots live in memory and die with their session.
-//! Errors carry PostgreSQL's SQLSTATEs and words (slot.c).
+//! Errors are [`SlotError`]: PostgreSQL's words (slot.c), with no wire-protocol type; the
+//! downstream maps them to SQLSTATEs (`downstream::error`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::fs::{durable_write, fsync_dir};
-use crate::proto::error::{sqlstate, PgError};
 use crate::wal::{Lsn, TimeLineId};
 
 /// How often an advancing slot's position is written to disk while it is in use; a crash
@@ -54,50 +54,85 @@ pub struct SlotInfo {
     pub invalidation_reason: Option<String>,
 }
 
+/// Why a slot operation was refused. The messages are PostgreSQL's (slot.c), word for word:
+/// clients and operators see them as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("replication slot name \"{0}\" is too short")]
+    NameTooShort(String),
+    #[error("replication slot name \"{0}\" is too long")]
+    NameTooLong(String),
+    #[error("replication slot name \"{0}\" contains invalid character")]
+    NameInvalidCharacter(String),
+    #[error("replication slot \"{0}\" already exists")]
+    AlreadyExists(String),
+    #[error("replication slot \"{0}\" does not exist")]
+    DoesNotExist(String),
+    #[error("replication slot \"{name}\" is active for PID {pid}")]
+    Active { name: String, pid: i32 },
+    #[error("can no longer access replication slot \"{name}\"")]
+    Invalidated { name: String, reason: String },
+    /// The slot file could not be written.
+    #[error("could not create replication slot \"{name}\": {source}")]
+    Create {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+impl SlotError {
+    /// PostgreSQL's errdetail, where it gives one.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            SlotError::Invalidated { reason, .. } => Some(format!(
+                "This replication slot has been invalidated due to \"{reason}\"."
+            )),
+            _ => None,
+        }
+    }
+
+    /// PostgreSQL's errhint, where it gives one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            SlotError::NameInvalidCharacter(_) => Some(
+                "Replication slot names may only contain lower case letters, numbers, and the underscore character.",
+            ),
+            _ => None,
+        }
+    }
+}
+
 pub struct Slots {
     dir: PathBuf,
     inner: Mutex<BTreeMap<String, Slot>>,
 }
 
-/// PostgreSQL's ReplicationSlotValidateName, as an ErrorResponse.
-pub fn validate_name(name: &str) -> Result<(), PgError> {
+/// PostgreSQL's ReplicationSlotValidateName.
+pub fn validate_name(name: &str) -> Result<(), SlotError> {
     if name.is_empty() {
-        return Err(PgError::error(
-            sqlstate::INVALID_NAME,
-            format!("replication slot name \"{name}\" is too short"),
-        ));
+        return Err(SlotError::NameTooShort(name.to_string()));
     }
     if name.len() > 63 {
-        return Err(PgError::error(
-            sqlstate::INVALID_NAME,
-            format!("replication slot name \"{name}\" is too long"),
-        ));
+        return Err(SlotError::NameTooLong(name.to_string()));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err(PgError::error(
-            sqlstate::INVALID_NAME,
-            format!("replication slot name \"{name}\" contains invalid character"),
-        )
-        .with_hint("Replication slot names may only contain lower case letters, numbers, and the underscore character."));
+        return Err(SlotError::NameInvalidCharacter(name.to_string()));
     }
     Ok(())
 }
 
-fn does_not_exist(name: &str) -> PgError {
-    PgError::error(
-        sqlstate::UNDEFINED_OBJECT,
-        format!("replication slot \"{name}\" does not exist"),
-    )
+fn does_not_exist(name: &str) -> SlotError {
+    SlotError::DoesNotExist(name.to_string())
 }
 
-fn active_for(name: &str, pid: i32) -> PgError {
-    PgError::error(
-        sqlstate::OBJECT_IN_USE,
-        format!("replication slot \"{name}\" is active for PID {pid}"),
-    )
+fn active_for(name: &str, pid: i32) -> SlotError {
+    SlotError::Active {
+        name: name.to_string(),
+        pid,
+    }
 }
 
 impl Slots {
@@ -154,14 +189,11 @@ impl Slots {
         temporary: bool,
         reserve_at: Option<(Lsn, TimeLineId)>,
         owner_pid: i32,
-    ) -> Result<(), PgError> {
+    ) -> Result<(), SlotError> {
         validate_name(name)?;
         let mut map = self.lock();
         if map.contains_key(name) {
-            return Err(PgError::error(
-                sqlstate::DUPLICATE_OBJECT,
-                format!("replication slot \"{name}\" already exists"),
-            ));
+            return Err(SlotError::AlreadyExists(name.to_string()));
         }
         let data = SlotData {
             name: name.to_string(),
@@ -170,11 +202,9 @@ impl Slots {
             invalidated: None,
         };
         if !temporary {
-            self.save(&data).map_err(|e| {
-                PgError::error(
-                    sqlstate::INTERNAL_ERROR,
-                    format!("could not create replication slot \"{name}\": {e}"),
-                )
+            self.save(&data).map_err(|source| SlotError::Create {
+                name: name.to_string(),
+                source,
             })?;
         }
         map.insert(
@@ -193,7 +223,7 @@ impl Slots {
     }
 
     /// `DROP_REPLICATION_SLOT name`.
-    pub fn drop_slot(&self, name: &str, by_pid: i32) -> Result<(), PgError> {
+    pub fn drop_slot(&self, name: &str, by_pid: i32) -> Result<(), SlotError> {
         let mut map = self.lock();
         let slot = map.get(name).ok_or_else(|| does_not_exist(name))?;
         if let Some(pid) = slot.active_pid.filter(|p| *p != by_pid) {
@@ -210,20 +240,17 @@ impl Slots {
     }
 
     /// Marks a slot in use by `pid` (START_REPLICATION SLOT).
-    pub fn acquire(&self, name: &str, pid: i32) -> Result<SlotData, PgError> {
+    pub fn acquire(&self, name: &str, pid: i32) -> Result<SlotData, SlotError> {
         let mut map = self.lock();
         let slot = map.get_mut(name).ok_or_else(|| does_not_exist(name))?;
         if let Some(other) = slot.active_pid.filter(|p| *p != pid) {
             return Err(active_for(name, other));
         }
         if let Some(reason) = &slot.data.invalidated {
-            return Err(PgError::error(
-                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("can no longer access replication slot \"{name}\""),
-            )
-            .with_detail(format!(
-                "This replication slot has been invalidated due to \"{reason}\"."
-            )));
+            return Err(SlotError::Invalidated {
+                name: name.to_string(),
+                reason: reason.clone(),
+            });
         }
         slot.active_pid = Some(pid);
         Ok(slot.data.clone())
@@ -351,17 +378,21 @@ mod tests {
             .create("s1", false, Some((Lsn(0x3000000), 1)), 10)
             .unwrap();
         let dup = slots.create("s1", false, None, 10).unwrap_err();
-        assert_eq!(dup.code, "42710");
-        assert_eq!(
-            slots.create("Bad-Name", false, None, 10).unwrap_err().code,
-            "42602"
-        );
+        assert!(matches!(dup, SlotError::AlreadyExists(_)));
+        assert_eq!(dup.to_string(), "replication slot \"s1\" already exists");
+        assert!(matches!(
+            slots.create("Bad-Name", false, None, 10).unwrap_err(),
+            SlotError::NameInvalidCharacter(_)
+        ));
         slots.acquire("s1", 11).unwrap();
         assert_eq!(
-            slots.acquire("s1", 12).unwrap_err().message,
+            slots.acquire("s1", 12).unwrap_err().to_string(),
             "replication slot \"s1\" is active for PID 11"
         );
-        assert_eq!(slots.drop_slot("s1", 12).unwrap_err().code, "55006");
+        assert!(matches!(
+            slots.drop_slot("s1", 12).unwrap_err(),
+            SlotError::Active { pid: 11, .. }
+        ));
         slots.confirm_flush("s1", Lsn(0x3100000), 1);
         slots.confirm_flush("s1", Lsn(0), 1);
         slots.release("s1", 11);
@@ -369,7 +400,10 @@ mod tests {
         let again = Slots::load(d.path()).unwrap();
         assert_eq!(again.get("s1").unwrap().restart_lsn, Some(Lsn(0x3100000)));
         assert_eq!(again.min_restart_lsn(), Some(Lsn(0x3100000)));
-        assert_eq!(again.drop_slot("nope", 1).unwrap_err().code, "42704");
+        assert!(matches!(
+            again.drop_slot("nope", 1).unwrap_err(),
+            SlotError::DoesNotExist(_)
+        ));
         again.drop_slot("s1", 1).unwrap();
         assert!(Slots::load(d.path()).unwrap().get("s1").is_none());
     }
@@ -382,10 +416,10 @@ mod tests {
             .create("pg_walreceiver_7", true, Some((Lsn(0x1000000), 1)), 7)
             .unwrap();
         assert!(slots.acquire("pg_walreceiver_7", 7).is_ok());
-        assert_eq!(
-            slots.acquire("pg_walreceiver_7", 8).unwrap_err().code,
-            "55006"
-        );
+        assert!(matches!(
+            slots.acquire("pg_walreceiver_7", 8).unwrap_err(),
+            SlotError::Active { pid: 7, .. }
+        ));
         slots.drop_temporary_of(7);
         assert!(slots.get("pg_walreceiver_7").is_none());
         assert!(Slots::load(d.path()).unwrap().list().is_empty());
@@ -406,7 +440,11 @@ mod tests {
             vec!["old".to_string()]
         );
         let e = slots.acquire("old", 3).unwrap_err();
-        assert_eq!(e.code, "55000");
+        assert!(matches!(e, SlotError::Invalidated { .. }));
+        assert_eq!(
+            e.detail().as_deref(),
+            Some("This replication slot has been invalidated due to \"wal_removed\".")
+        );
         assert_eq!(slots.min_restart_lsn(), Some(Lsn(0x9000000)));
     }
 }

@@ -20,9 +20,9 @@ use postgres_protocol::message::frontend;
 
 use super::error::UpstreamError;
 use super::message::{decode, AuthRequest, BackendMessage};
-use super::wire::Wire;
 use crate::config::conninfo::{ChannelBindingMode, ConnInfo, HostPort};
 use crate::config::pgpass;
+use crate::wire::Framed;
 
 const SCRAM: &str = "SCRAM-SHA-256";
 const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
@@ -43,9 +43,9 @@ fn io_to_protocol(e: std::io::Error) -> UpstreamError {
     UpstreamError::Protocol(e.to_string())
 }
 
-async fn next_auth(wire: &mut Wire) -> Result<AuthRequest, UpstreamError> {
+async fn next_auth(wire: &mut Framed) -> Result<AuthRequest, UpstreamError> {
     loop {
-        match decode(wire.recv().await?)? {
+        match decode(wire.recv().await.map_err(UpstreamError::recv)?)? {
             BackendMessage::Auth(a) => return Ok(a),
             BackendMessage::Error(e) => return Err(UpstreamError::Server(e)),
             BackendMessage::Notice(_) | BackendMessage::NegotiateProtocol => continue,
@@ -60,7 +60,7 @@ async fn next_auth(wire: &mut Wire) -> Result<AuthRequest, UpstreamError> {
 
 /// Runs the exchange up to and including AuthenticationOk.
 pub(crate) async fn authenticate(
-    wire: &mut Wire,
+    wire: &mut Framed,
     ci: &ConnInfo,
     host: &HostPort,
     binding: Binding,
@@ -88,9 +88,9 @@ pub(crate) async fn authenticate(
             if require_binding {
                 return Err(refuse_unbound());
             }
-            frontend::password_message(password()?.as_bytes(), &mut wire.wbuf)
+            frontend::password_message(password()?.as_bytes(), wire.out())
                 .map_err(io_to_protocol)?;
-            wire.flush().await?;
+            wire.flush().await.map_err(UpstreamError::send)?;
             expect_ok(wire).await
         }
         AuthRequest::Md5 { salt } => {
@@ -98,8 +98,8 @@ pub(crate) async fn authenticate(
                 return Err(refuse_unbound());
             }
             let hash = md5_hash(ci.user.as_bytes(), password()?.as_bytes(), salt);
-            frontend::password_message(hash.as_bytes(), &mut wire.wbuf).map_err(io_to_protocol)?;
-            wire.flush().await?;
+            frontend::password_message(hash.as_bytes(), wire.out()).map_err(io_to_protocol)?;
+            wire.flush().await.map_err(UpstreamError::send)?;
             expect_ok(wire).await
         }
         AuthRequest::Sasl(mechanisms) => scram(wire, ci, &mechanisms, binding, password()?).await,
@@ -112,7 +112,7 @@ pub(crate) async fn authenticate(
     }
 }
 
-async fn expect_ok(wire: &mut Wire) -> Result<(), UpstreamError> {
+async fn expect_ok(wire: &mut Framed) -> Result<(), UpstreamError> {
     match next_auth(wire).await? {
         AuthRequest::Ok => Ok(()),
         other => Err(UpstreamError::Protocol(format!(
@@ -122,7 +122,7 @@ async fn expect_ok(wire: &mut Wire) -> Result<(), UpstreamError> {
 }
 
 async fn scram(
-    wire: &mut Wire,
+    wire: &mut Framed,
     ci: &ConnInfo,
     mechanisms: &[String],
     binding: Binding,
@@ -158,9 +158,9 @@ async fn scram(
     }
 
     let mut client = ScramSha256::new(password.as_bytes(), cb);
-    frontend::sasl_initial_response(mechanism, client.message(), &mut wire.wbuf)
+    frontend::sasl_initial_response(mechanism, client.message(), wire.out())
         .map_err(io_to_protocol)?;
-    wire.flush().await?;
+    wire.flush().await.map_err(UpstreamError::send)?;
 
     let AuthRequest::SaslContinue(server_first) = next_auth(wire).await? else {
         return Err(UpstreamError::Protocol(
@@ -170,8 +170,8 @@ async fn scram(
     client
         .update(&server_first)
         .map_err(|e| auth_err(format!("SCRAM: {e}")))?;
-    frontend::sasl_response(client.message(), &mut wire.wbuf).map_err(io_to_protocol)?;
-    wire.flush().await?;
+    frontend::sasl_response(client.message(), wire.out()).map_err(io_to_protocol)?;
+    wire.flush().await.map_err(UpstreamError::send)?;
 
     let AuthRequest::SaslFinal(server_final) = next_auth(wire).await? else {
         return Err(UpstreamError::Protocol(

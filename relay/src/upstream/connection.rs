@@ -30,10 +30,14 @@ use super::auth::{self, Binding};
 use super::error::{Rows, ServerError, UpstreamError};
 use super::message::{decode, BackendMessage};
 use super::tls;
-use super::wire::{Stream, Wire};
 use crate::config::conninfo::{ConnInfo, HostPort, SslMode};
 use crate::config::pgpass;
 use crate::wal::{Lsn, TimeLineId};
+use crate::wire::{Framed, Stream};
+
+/// Read-buffer headroom kept before each read: enough for a 128 kB XLogData chunk to arrive in
+/// a few reads without reallocating per message.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// One event of the CopyBoth stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +92,7 @@ enum State {
 
 /// An authenticated replication connection.
 pub struct Connection {
-    wire: Wire,
+    wire: Framed,
     host: HostPort,
     addr: SocketAddr,
     params: HashMap<String, String>,
@@ -276,7 +280,7 @@ async fn attempt(
     })?;
     configure_socket(&tcp, ci).map_err(|e| UpstreamError::io("could not set socket options", e))?;
     let (stream, binding) = negotiate_tls(tcp, ci, host, enc).await?;
-    let mut wire = Wire::new(stream);
+    let mut wire = Framed::new(stream, READ_CHUNK);
 
     let mut params: Vec<(&str, &str)> = match kind {
         SessionKind::Replication => vec![
@@ -295,9 +299,9 @@ async fn attempt(
     if let Some(o) = &ci.options {
         params.push(("options", o));
     }
-    frontend::startup_message(params.iter().copied(), &mut wire.wbuf)
+    frontend::startup_message(params.iter().copied(), wire.out())
         .map_err(|e| UpstreamError::Protocol(format!("cannot encode startup message: {e}")))?;
-    wire.flush().await?;
+    wire.flush().await.map_err(UpstreamError::send)?;
 
     auth::authenticate(&mut wire, ci, host, binding).await?;
 
@@ -370,7 +374,7 @@ async fn negotiate_tls(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| tls::tls_server_end_point(cert));
-    Ok((Stream::Tls(Box::new(tls)), Binding::Tls(hash)))
+    Ok((Stream::Tls(Box::new(tls.into())), Binding::Tls(hash)))
 }
 
 impl Connection {
@@ -411,13 +415,14 @@ impl Connection {
     }
 
     /// The next message that matters, folding in ParameterStatus and NoticeResponse. Cancel-safe
-    /// (one await point, in [`Wire::recv`]). Marks the connection broken on failure.
+    /// (one await point, in [`Framed::recv`]). Marks the connection broken on failure.
     async fn next(&mut self) -> Result<BackendMessage, UpstreamError> {
         loop {
             let msg = match self
                 .wire
                 .recv()
                 .await
+                .map_err(UpstreamError::recv)
                 .and_then(|raw| decode(raw).map_err(UpstreamError::from))
             {
                 Ok(m) => m,
@@ -474,7 +479,7 @@ impl Connection {
     async fn send_query(&mut self, sql: &str) -> Result<(), UpstreamError> {
         self.ensure_idle().await?;
         self.state = State::Busy;
-        frontend::query(sql, &mut self.wire.wbuf).map_err(|e| {
+        frontend::query(sql, self.wire.out()).map_err(|e| {
             self.state = State::Idle;
             UpstreamError::Protocol(format!("cannot encode query: {e}"))
         })?;
@@ -482,7 +487,7 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> Result<(), UpstreamError> {
-        let r = self.wire.flush().await;
+        let r = self.wire.flush().await.map_err(UpstreamError::send);
         if r.is_err() {
             self.state = State::Broken;
         }
@@ -615,14 +620,14 @@ impl Connection {
         self.require_copy_open()?;
         frontend::CopyData::new(payload)
             .map_err(|e| UpstreamError::Protocol(format!("cannot encode CopyData: {e}")))?
-            .write(&mut self.wire.wbuf);
+            .write(self.wire.out());
         self.flush().await
     }
 
     /// Sends CopyDone: the client will send no more CopyData.
     pub async fn send_copy_done(&mut self) -> Result<(), UpstreamError> {
         self.require_copy_open()?;
-        frontend::copy_done(&mut self.wire.wbuf);
+        frontend::copy_done(self.wire.out());
         if let State::Copy { client_done, .. } = &mut self.state {
             *client_done = true;
         }
@@ -682,7 +687,7 @@ impl Connection {
             self.state,
             State::Idle | State::Draining | State::Copy { .. }
         ) {
-            frontend::terminate(&mut self.wire.wbuf);
+            frontend::terminate(self.wire.out());
         }
         self.wire.shutdown().await;
     }

@@ -12,6 +12,7 @@
 use crate::config::conninfo::ConnInfoError;
 use crate::proto::error::decode_error_fields;
 use crate::proto::ProtocolError;
+use crate::wire::WireError;
 
 /// An ErrorResponse from the upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +148,24 @@ impl UpstreamError {
             context: context.into(),
             source,
         }
+    }
+
+    /// A failed read from the server, in libpq's words.
+    pub(crate) fn recv(e: WireError) -> Self {
+        match e {
+            WireError::Closed => UpstreamError::Closed,
+            WireError::Protocol(p) => p.into(),
+            WireError::Io(e) => UpstreamError::io("could not receive data from server", e),
+        }
+    }
+
+    /// A failed send to the server, in libpq's words (a write that takes nothing: the server
+    /// is gone).
+    pub(crate) fn send(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::WriteZero {
+            return UpstreamError::Closed;
+        }
+        UpstreamError::io("could not send data to server", e)
     }
 }
 

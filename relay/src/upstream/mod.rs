@@ -9,8 +9,8 @@
 //!                                          ◀── 'r' (write=received, flush=durable, apply=min replay)
 //! ```
 //!
-//! Layers of the client, bottom up: `wire` (bytes and framing over TCP/TLS), `message` (backend
-//! message decoding), [`tls`] (rustls by sslmode, channel-binding hash), `auth` (startup
+//! Layers of the client, bottom up: [`crate::wire`] (bytes and framing over TCP/TLS, shared with
+//! the downstream side), `message` (backend message decoding), [`tls`] (rustls by sslmode, channel-binding hash), `auth` (startup
 //! authentication), [`connection`] (queries and the CopyBoth stream), [`target`] (host choice
 //! by `target_session_attrs`); [`session`] decides what to stream and when to reconnect.
 //!
@@ -25,7 +25,6 @@ pub mod session;
 pub mod status;
 pub mod target;
 pub mod tls;
-mod wire;
 
 pub use connection::{connect, parse_next_timeline, Connection, CopyEvent, StartOutcome};
 pub use error::{Rows, ServerError, UpstreamError};

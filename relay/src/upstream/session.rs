@@ -14,7 +14,7 @@ use super::connection::{parse_next_timeline, Connection, CopyEvent, StartOutcome
 use super::status::UpstreamState;
 use super::target::connect_any;
 use crate::config::conninfo::ConnInfo;
-use crate::downstream::Registry;
+use crate::lag::Feedback;
 use crate::proto::replication::{
     now_pg, parse_server_copy, HotStandbyFeedback, ServerCopyMessage, StandbyStatus,
 };
@@ -48,7 +48,8 @@ pub struct Upstream {
     pub cfg: UpstreamConfig,
     pub store: Arc<Store>,
     pub writer: WriterHandle,
-    pub registry: Arc<Registry>,
+    /// What the downstreams ask to be reported upstream (apply, hot-standby feedback).
+    pub feedback: Arc<dyn Feedback>,
     pub status: Arc<UpstreamState>,
 }
 
@@ -405,7 +406,7 @@ async fn stream(up: &Upstream, conn: &mut Connection, start: Lsn) -> anyhow::Res
                 }
             }
             _ = feedback_tick.tick() => {
-                let f = up.registry.min_feedback();
+                let f = up.feedback.min_xmin();
                 if last_feedback != Some(f) || last_feedback_at.elapsed() >= STATUS_INTERVAL {
                     let mut payload = BytesMut::with_capacity(25);
                     HotStandbyFeedback { client_time: now_pg(), ..f }.encode_payload(&mut payload);
@@ -432,7 +433,7 @@ async fn send_status(
 ) -> anyhow::Result<()> {
     let flush = up.store.durable().lsn.min(received);
     let apply = up
-        .registry
+        .feedback
         .min_replay()
         .map(|r| r.min(flush))
         .unwrap_or(flush);

@@ -1,13 +1,18 @@
-//! The walsender registry: one entry per connected downstream, what `/status`, `/metrics` and
-//! the upstream feedback read. Entries are removed by an RAII guard when the session ends,
-//! whatever way it ends.
+//! The walsender registry: one entry per connected downstream, with its positions and lag
+//! samples. Walsenders write it (`downstream/`); `/status` and `/metrics` read it (`http/`);
+//! the upstream session reads only the two minima it forwards, through [`Feedback`].
+//!
+//! It lives beside the data flow, not in it, so that `upstream/`, `downstream/` and `http/` all
+//! reach it without importing each other. Entries are removed by an RAII guard when the session
+//! ends, whatever way it ends.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use crate::lag::{LagTracker, Stage};
+use super::feedback::Feedback;
+use super::tracker::{LagTracker, Stage};
 use crate::proto::replication::HotStandbyFeedback;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -31,7 +36,6 @@ impl WalSndState {
     }
 }
 
-/// One downstream connection as the relay sees it.
 /// One downstream connection as the relay reports it.
 #[derive(Debug, Clone)]
 pub struct Downstream {
@@ -176,9 +180,37 @@ impl Registry {
             .collect()
     }
 
+    /// Records that the session behind `guard` got WAL past the fork at `fork`.
+    pub fn note_diverged(&self, guard: &RegistryGuard, fork: Lsn) {
+        let entry = self.inner.lock().ok().and_then(|m| {
+            m.get(&guard.pid).map(|d| DivergedDownstream {
+                application_name: d.application_name.clone(),
+                client_addr: d.client_addr,
+                sent: d.sent,
+                fork,
+                at: SystemTime::now(),
+            })
+        });
+        if let (Some(e), Ok(mut v)) = (entry, self.diverged.lock()) {
+            v.retain(|o| {
+                o.application_name != e.application_name || o.client_addr.ip() != e.client_addr.ip()
+            });
+            v.push(e);
+            if v.len() > DIVERGED_KEPT {
+                v.remove(0);
+            }
+        }
+    }
+
+    pub fn diverged(&self) -> Vec<DivergedDownstream> {
+        self.diverged.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Feedback for Registry {
     /// The lowest replay position among streaming downstreams that report one (pg_receivewal
     /// reports 0/0 and must not drag it down). `None` when nobody reports replay.
-    pub fn min_replay(&self) -> Option<Lsn> {
+    fn min_replay(&self) -> Option<Lsn> {
         let m = self.inner.lock().ok()?;
         m.values()
             .filter(|d| d.replay.is_valid())
@@ -188,7 +220,7 @@ impl Registry {
 
     /// The oldest xmin and catalog_xmin any downstream asks to keep (hot_standby_feedback),
     /// compared with their epochs; zero where nobody asks. What a cascading standby forwards.
-    pub fn min_feedback(&self) -> HotStandbyFeedback {
+    fn min_xmin(&self) -> HotStandbyFeedback {
         let Ok(m) = self.inner.lock() else {
             return HotStandbyFeedback::default();
         };
@@ -215,32 +247,6 @@ impl Registry {
             catalog_xmin,
             catalog_xmin_epoch,
         }
-    }
-
-    /// Records that the session behind `guard` got WAL past the fork at `fork`.
-    pub fn note_diverged(&self, guard: &RegistryGuard, fork: Lsn) {
-        let entry = self.inner.lock().ok().and_then(|m| {
-            m.get(&guard.pid).map(|d| DivergedDownstream {
-                application_name: d.application_name.clone(),
-                client_addr: d.client_addr,
-                sent: d.sent,
-                fork,
-                at: SystemTime::now(),
-            })
-        });
-        if let (Some(e), Ok(mut v)) = (entry, self.diverged.lock()) {
-            v.retain(|o| {
-                o.application_name != e.application_name || o.client_addr.ip() != e.client_addr.ip()
-            });
-            v.push(e);
-            if v.len() > DIVERGED_KEPT {
-                v.remove(0);
-            }
-        }
-    }
-
-    pub fn diverged(&self) -> Vec<DivergedDownstream> {
-        self.diverged.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
@@ -283,13 +289,13 @@ mod tests {
         let c = r.register(entry(3, 0x300, Some((4_000_000_000, 0))));
         assert_eq!(r.min_replay(), Some(Lsn(0x300)));
         // Epoch 0 with a big xid is older than epoch 1 with a small one.
-        let f = r.min_feedback();
+        let f = r.min_xmin();
         assert_eq!((f.xmin, f.xmin_epoch), (4_000_000_000, 0));
         drop(c);
         assert_eq!(r.min_replay(), Some(Lsn(0x500)));
-        assert_eq!(r.min_feedback().xmin, 700);
+        assert_eq!(r.min_xmin().xmin, 700);
         drop(a);
         assert_eq!(r.min_replay(), None);
-        assert_eq!(r.min_feedback(), HotStandbyFeedback::default());
+        assert_eq!(r.min_xmin(), HotStandbyFeedback::default());
     }
 }

@@ -1,0 +1,60 @@
+//! The framed connection to one downstream client, on [`crate::wire`]: the read side (a
+//! cancel-safe message reader, handed to a walsender's reply task while it streams) and the
+//! write side with the output buffer that encoders append to. This is where TLS goes when
+//! downstream TLS arrives (a [`Stream::Tls`] before the split): nothing above it sees the
+//! socket.
+//!
+//! Invariant: what is encoded into [`Conn::out`] goes to the client only through
+//! [`Conn::flush`], whole and in order.
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::error::SessionEnd;
+use crate::proto::backend;
+use crate::proto::error::{PgError, Severity};
+use crate::wire::{Framed, MsgReader, MsgWriter, ReadHalf, Stream, WriteHalf};
+
+/// Read-buffer step: client messages are small (replies, commands), so connections stay
+/// cheap; a larger message grows the buffer as it arrives.
+const READ_CHUNK: usize = 8192;
+/// Initial room in the output buffer (one `w` message of 128 KiB grows it once).
+const OUT_CAPACITY: usize = 8192;
+
+/// The connection halves and the output buffer.
+pub struct Conn {
+    /// `None` only while a walsender's reply task holds it.
+    pub rd: Option<MsgReader<ReadHalf>>,
+    wr: MsgWriter<WriteHalf>,
+}
+
+impl Conn {
+    pub fn new(socket: TcpStream) -> Self {
+        let mut framed = Framed::new(Stream::Plain(socket), READ_CHUNK);
+        framed.out().reserve(OUT_CAPACITY);
+        let (rd, wr) = framed.into_split();
+        Conn { rd: Some(rd), wr }
+    }
+
+    pub fn reader(&mut self) -> Result<&mut MsgReader<ReadHalf>, SessionEnd> {
+        self.rd.as_mut().ok_or(SessionEnd::ClientGone)
+    }
+
+    /// The output buffer, for encoders; [`Conn::flush`] sends it.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.wr.out
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.wr.flush().await
+    }
+
+    /// Sends an ErrorResponse (and ReadyForQuery after an ERROR).
+    pub async fn send_error(&mut self, e: &PgError) -> std::io::Result<()> {
+        e.encode(self.out());
+        if e.severity != Severity::Fatal {
+            backend::ready_for_query(self.out());
+        }
+        self.flush().await
+    }
+}
