@@ -104,8 +104,15 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     );
 
     tracker.spawn(
-        retention_task(store.clone(), cfg.retention, cancel.clone())
-            .instrument(tracing::info_span!("retention")),
+        retention_task(
+            store.clone(),
+            RetentionConfig {
+                wal_keep_size: cfg.retention.wal_keep_size,
+                max_slot_wal_keep_size: cfg.retention.max_slot_wal_keep_size,
+            },
+            cancel.clone(),
+        )
+        .instrument(tracing::info_span!("retention")),
     );
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::store::retention::RetentionConfig;
 use conninfo::ConnInfo;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
@@ -63,6 +62,14 @@ pub struct Overrides {
     pub max_slot_wal_keep_size: Option<String>,
 }
 
+/// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
+/// `None` = unlimited). `app` hands them to the store's retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub wal_keep_size: u64,
+    pub max_slot_wal_keep_size: Option<u64>,
+}
+
 /// The relay's configuration, merged and validated.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -74,7 +81,7 @@ pub struct RelayConfig {
     pub failover_standbys: Vec<String>,
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
-    pub retention: RetentionConfig,
+    pub retention: Retention,
 }
 
 impl RelayConfig {
@@ -132,7 +139,7 @@ impl RelayConfig {
             data_dir,
             failover_standbys,
             application_name,
-            retention: RetentionConfig {
+            retention: Retention {
                 wal_keep_size,
                 max_slot_wal_keep_size,
             },
@@ -172,7 +179,7 @@ fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
 /// PostgreSQL's rule for slot names (ReplicationSlotValidateName), the same one the relay's own
 /// slots follow.
 pub fn validate_slot_name(name: &str) -> anyhow::Result<()> {
-    crate::store::slots::validate_name(name).map_err(|e| match e.hint() {
+    crate::wal::slot_name::validate(name).map_err(|e| match e.hint() {
         Some(h) => anyhow::anyhow!("{e} ({h})"),
         None => anyhow::anyhow!("{e}"),
     })

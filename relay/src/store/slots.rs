@@ -107,21 +107,14 @@ pub struct Slots {
     inner: Mutex<BTreeMap<String, Slot>>,
 }
 
-/// PostgreSQL's ReplicationSlotValidateName.
+/// PostgreSQL's ReplicationSlotValidateName (the rule is [`crate::wal::slot_name`]'s).
 pub fn validate_name(name: &str) -> Result<(), SlotError> {
-    if name.is_empty() {
-        return Err(SlotError::NameTooShort(name.to_string()));
-    }
-    if name.len() > 63 {
-        return Err(SlotError::NameTooLong(name.to_string()));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(SlotError::NameInvalidCharacter(name.to_string()));
-    }
-    Ok(())
+    use crate::wal::slot_name::{validate, SlotNameError};
+    validate(name).map_err(|e| match e {
+        SlotNameError::TooShort(n) => SlotError::NameTooShort(n),
+        SlotNameError::TooLong(n) => SlotError::NameTooLong(n),
+        SlotNameError::InvalidCharacter(n) => SlotError::NameInvalidCharacter(n),
+    })
 }
 
 fn does_not_exist(name: &str) -> SlotError {

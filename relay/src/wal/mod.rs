@@ -1,5 +1,6 @@
 //! PostgreSQL WAL format knowledge: LSNs, segment and history file names, timeline history,
-//! page and record headers, and a streaming validator of WAL bytes.
+//! page and record headers, a streaming validator of WAL bytes, and PostgreSQL's rule for
+//! replication slot names.
 //!
 //! Nothing here does I/O; nothing outside this module interprets WAL bytes or file names.
 
@@ -11,6 +12,7 @@ pub mod page;
 pub mod record;
 pub mod scan;
 pub mod segment;
+pub mod slot_name;
 #[cfg(test)]
 pub(crate) mod testwal;
 
