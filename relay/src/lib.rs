@@ -6,6 +6,7 @@
 //! [`wal`] and [`proto`] hold the PostgreSQL formats and wire codec and do no I/O; [`lag`]
 //! measures replicas, [`http`] reports, [`config`] and [`cli`] take the operator's settings.
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;
