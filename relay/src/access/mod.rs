@@ -30,6 +30,4 @@
 //!   network or from files.
 
 pub mod hba;
-
-
-
+pub mod users;
