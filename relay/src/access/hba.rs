@@ -871,23 +871,22 @@ fn parse_line(fields: &[Vec<Token>]) -> Result<Parsed, LineError> {
         m => return Err(err(format!("invalid authentication method \"{m}\""))),
     };
 
-    for field in fields {
-        for t in field {
-            let Some((name, _value)) = t.text.split_once('=') else {
-                return Err(err(format!(
-                    "authentication option not in name=value format: {}",
-                    t.text
-                )));
-            };
-            if KNOWN_OPTIONS.contains(&name) {
-                return Err(err(format!(
-                    "authentication option \"{name}\" is not supported by walrelay"
-                )));
-            }
+    // Every option is refused; the first one names the problem.
+    if let Some(t) = fields.flatten().next() {
+        let Some((name, _value)) = t.text.split_once('=') else {
             return Err(err(format!(
-                "unrecognized authentication option name: \"{name}\""
+                "authentication option not in name=value format: {}",
+                t.text
+            )));
+        };
+        if KNOWN_OPTIONS.contains(&name) {
+            return Err(err(format!(
+                "authentication option \"{name}\" is not supported by walrelay"
             )));
         }
+        return Err(err(format!(
+            "unrecognized authentication option name: \"{name}\""
+        )));
     }
 
     if let Some(why) = ignore {

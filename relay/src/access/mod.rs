@@ -30,4 +30,5 @@
 //!   network or from files.
 
 pub mod hba;
+pub mod scram;
 pub mod users;
