@@ -31,4 +31,5 @@
 
 pub mod hba;
 pub mod scram;
+pub mod tls;
 pub mod users;
