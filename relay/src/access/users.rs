@@ -242,6 +242,26 @@ pub fn format_entry(name: &str, secret: &str) -> String {
     )
 }
 
+/// What `walrelay passwd [--user NAME]` prints for a password read from stdin: the
+/// verifier alone, or with `--user` one auth-file line. `raw` may end with one line end
+/// (`\n` or `\r\n`), which is not part of the password.
+pub fn passwd_line(user: Option<&str>, raw: &[u8]) -> Result<String, PasswordError> {
+    let password = strip_line_end(raw);
+    let verifier = ScramVerifier::generate(password)?.encode();
+    Ok(match user {
+        Some(name) => format_entry(name, &verifier),
+        None => verifier,
+    })
+}
+
+/// `raw` without one trailing `\n` or `\r\n`.
+pub fn strip_line_end(raw: &[u8]) -> &[u8] {
+    match raw.strip_suffix(b"\n") {
+        Some(r) => r.strip_suffix(b"\r").unwrap_or(r),
+        None => raw,
+    }
+}
+
 #[derive(Clone)]
 enum Entry {
     Scram(ScramVerifier),
@@ -582,6 +602,24 @@ mod tests {
             !d.contains("f2VAmw") && !d.contains("D7Mam8") && !d.contains("GgA2z"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn passwd_output() {
+        let line = passwd_line(Some("rep"), b"s3cret\n").unwrap();
+        let list = UserList::parse(&line, "f").unwrap();
+        let Lookup::Scram(v) = list.lookup("rep") else {
+            panic!("{line}")
+        };
+        assert!(v.verify_password(b"s3cret"));
+        let bare = passwd_line(None, b"s3cret\r\n").unwrap();
+        assert!(ScramVerifier::parse(&bare)
+            .unwrap()
+            .verify_password(b"s3cret"));
+        assert_eq!(passwd_line(None, b"\n"), Err(PasswordError::Empty));
+        assert_eq!(strip_line_end(b"a\n\n"), b"a\n");
+        assert_eq!(strip_line_end(b"a"), b"a");
+        assert_eq!(strip_line_end(b"a\r"), b"a\r");
     }
 
     #[test]
