@@ -18,6 +18,11 @@
 //!    about the password, including an unknown user, ends in the same FATAL 28P01
 //!    `password authentication failed for user "…"`.
 //!
+//! Without `--hba-file` the rules are [`hba::HbaRules::loopback_default`]; without
+//! `--auth-file` the user list is [`users::UserList::empty`]. `walrelay passwd` prints
+//! [`users::passwd_line`]. Every loader is callable again for SIGHUP and returns a new value
+//! (the caller keeps the old one when it fails). Fuzz targets for the parsers live in `fuzz/`.
+//!
 //! Invariants:
 //! * No password, verifier, key or proof is ever logged or shown by `Debug`: the types that
 //!   hold them ([`users::ScramVerifier`], [`users::UserList`], [`scram::ScramExchange`],
