@@ -7,6 +7,7 @@
 //! measures replicas, [`http`] reports, [`config`] and [`cli`] take the operator's settings;
 //! [`cmd`] holds the operator commands other than `run` (`status`, `passwd`, `check-config`).
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod cmd;

@@ -1,0 +1,38 @@
+#![no_main]
+//! The SCRAM server exchange: the input is split at the first 0xFF byte into the
+//! SASLInitialResponse body and the client-final message; every binding kind is tried.
+use libfuzzer_sys::fuzz_target;
+use walrelay::access::scram::{parse_sasl_initial_response, Binding, MockKey, ScramExchange};
+use walrelay::access::users::UserList;
+
+const ENTRY: &str = "\"x\" \"SCRAM-SHA-256$4096:f2VAmwAQwsmsN97hhfVeXw==$D7Mam8nUd2NnbhImE8tAEKkJsgd3PrU38Vrba0RQyQ4=:GgA2zHxRl4mzZkBwWt/K25hRFGHqnMkW9ysfZA0juYc=\"";
+
+fuzz_target!(|data: &[u8]| {
+    let (first, last) = match data.iter().position(|&b| b == 0xFF) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let _ = parse_sasl_initial_response(first);
+    let Ok(users) = UserList::parse(ENTRY, "fuzz") else {
+        return;
+    };
+    let mock = MockKey::from_bytes([1; 32]);
+    for binding in [
+        Binding::Plain,
+        Binding::TlsUnbound,
+        Binding::Tls(vec![7; 32]),
+    ] {
+        for user in ["x", "ghost"] {
+            if let Ok((mut ex, _)) = ScramExchange::from_initial_response(
+                user,
+                users.lookup(user),
+                &mock,
+                binding.clone(),
+                first,
+            ) {
+                let _ = ex.step(Some(last));
+                let _ = ex.step(Some(last));
+            }
+        }
+    }
+});
