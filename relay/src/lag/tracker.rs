@@ -15,6 +15,30 @@ pub enum Stage {
     Replay = 2,
 }
 
+/// One value per stage, addressed by [`Stage`]: no index arithmetic, so nothing out of range.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerStage<T>([T; 3]);
+
+impl<T> PerStage<T> {
+    fn get(&self, stage: Stage) -> &T {
+        let [w, f, r] = &self.0;
+        match stage {
+            Stage::Write => w,
+            Stage::Flush => f,
+            Stage::Replay => r,
+        }
+    }
+
+    fn get_mut(&mut self, stage: Stage) -> &mut T {
+        let [w, f, r] = &mut self.0;
+        match stage {
+            Stage::Write => w,
+            Stage::Flush => f,
+            Stage::Replay => r,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     lsn: Lsn,
@@ -28,11 +52,11 @@ pub struct LagTracker {
     /// Sequence number of `samples[0]`.
     base: u64,
     /// Per stage, the sequence number of the next sample not yet consumed.
-    heads: [u64; 3],
+    heads: PerStage<u64>,
     /// Per stage, the newest sample consumed, for interpolation while a position is stuck.
-    last_read: [Option<Sample>; 3],
+    last_read: PerStage<Option<Sample>>,
     last_lsn: Lsn,
-    lags: [Option<Duration>; 3],
+    lags: PerStage<Option<Duration>>,
     fully_applied_last_time: bool,
 }
 
@@ -41,10 +65,10 @@ impl Default for LagTracker {
         LagTracker {
             samples: VecDeque::new(),
             base: 0,
-            heads: [0; 3],
-            last_read: [None; 3],
+            heads: PerStage([0; 3]),
+            last_read: PerStage([None; 3]),
             last_lsn: Lsn(0),
-            lags: [None; 3],
+            lags: PerStage([None; 3]),
             fully_applied_last_time: false,
         }
     }
@@ -71,31 +95,33 @@ impl LagTracker {
     /// LagTrackerRead: the lag of `stage` at reported position `lsn`, or `None` when it cannot
     /// be measured now.
     fn read(&mut self, stage: Stage, lsn: Lsn, now: Instant) -> Option<Duration> {
-        let i = stage as usize;
         let mut found = None;
-        while let Some(s) = self.samples.get((self.heads[i] - self.base) as usize) {
+        while let Some(s) = self
+            .samples
+            .get((self.heads.get(stage) - self.base) as usize)
+        {
             if s.lsn > lsn {
                 break;
             }
             found = Some(s.time);
-            self.last_read[i] = Some(*s);
-            self.heads[i] += 1;
+            *self.last_read.get_mut(stage) = Some(*s);
+            *self.heads.get_mut(stage) += 1;
         }
         let next = self
             .samples
-            .get((self.heads[i] - self.base) as usize)
+            .get((self.heads.get(stage) - self.base) as usize)
             .copied();
         if next.is_none() {
             // Everything sent was processed: forget the last sample, so the next burst after an
             // idle period is not interpolated against a stale one.
-            self.last_read[i] = None;
+            *self.last_read.get_mut(stage) = None;
         }
-        let min_head = self.heads.iter().copied().min().unwrap_or(self.base);
+        let min_head = self.heads.0.iter().copied().min().unwrap_or(self.base);
         while self.base < min_head {
             self.samples.pop_front();
             self.base += 1;
         }
-        let time = match (found, next, self.last_read[i]) {
+        let time = match (found, next, *self.last_read.get(stage)) {
             (Some(t), _, _) => t,
             (None, None, _) => return None,
             // A position stuck between two samples: interpolate the time the WAL at `lsn` was
@@ -140,7 +166,7 @@ impl LagTracker {
             self.fully_applied_last_time = false;
             false
         };
-        for (slot, m) in self.lags.iter_mut().zip(measured) {
+        for (slot, m) in self.lags.0.iter_mut().zip(measured) {
             if m.is_some() || clear {
                 *slot = m;
             }
@@ -148,7 +174,7 @@ impl LagTracker {
     }
 
     pub fn lag(&self, stage: Stage) -> Option<Duration> {
-        self.lags[stage as usize]
+        *self.lags.get(stage)
     }
 }
 

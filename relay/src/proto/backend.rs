@@ -54,7 +54,10 @@ fn message(out: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
     out.put_i32(0);
     f(out);
     let len = (out.len() - len_at) as i32;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    // The four bytes were put there above, so the range always exists.
+    if let Some(word) = out.get_mut(len_at..len_at + 4) {
+        word.copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 pub fn authentication_ok(out: &mut BytesMut) {

@@ -142,8 +142,9 @@ pub fn decode_error_fields(body: &[u8]) -> Vec<(u8, String)> {
             break;
         }
         let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        out.push((t, String::from_utf8_lossy(&tail[..end]).into_owned()));
-        rest = tail.get(end + 1..).unwrap_or(&[]);
+        let (value, after) = tail.split_at(end);
+        out.push((t, String::from_utf8_lossy(value).into_owned()));
+        rest = after.get(1..).unwrap_or(&[]);
     }
     out
 }

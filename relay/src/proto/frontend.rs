@@ -49,11 +49,11 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, ProtocolError>
             }
             let rest = r.rest();
             // The terminator must be the last byte (backend_startup.c).
-            if rest.last() != Some(&0) {
+            let Some((&0, rest)) = rest.split_last() else {
                 return Err(ProtocolError::StartupLayout);
-            }
+            };
             let mut params = Vec::new();
-            let mut r = Reader::new(&rest[..rest.len() - 1], "startup packet");
+            let mut r = Reader::new(rest, "startup packet");
             while r.remaining() > 0 {
                 let name = r.cstr().map_err(|_| ProtocolError::StartupLayout)?;
                 let value = r.cstr().map_err(|_| ProtocolError::StartupLayout)?;

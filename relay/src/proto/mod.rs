@@ -45,11 +45,10 @@ pub struct RawMessage {
 
 /// Splits one typed message (`tag`, `int32 len`, body) off the front of `buf`.
 pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolError> {
-    if buf.len() < 5 {
+    let Some(&[tag, l0, l1, l2, l3]) = buf.first_chunk::<5>() else {
         return Ok(None);
-    }
-    let tag = buf[0];
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    };
+    let len = i32::from_be_bytes([l0, l1, l2, l3]);
     if len < 4 || len as usize > MAX_MESSAGE_LEN {
         return Err(ProtocolError::BadLength(len as i64));
     }
@@ -69,10 +68,10 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolE
 
 /// Splits one untagged startup-phase packet (`int32 len`, body) off the front of `buf`.
 pub fn split_startup_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
-    if buf.len() < 4 {
+    let Some(&len) = buf.first_chunk::<4>() else {
         return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    };
+    let len = i32::from_be_bytes(len);
     if len < 8 || len as usize > MAX_STARTUP_PACKET_LEN {
         return Err(ProtocolError::BadStartupLength);
     }
@@ -117,18 +116,26 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        let Some((head, tail)) = self.buf.split_first_chunk::<N>() else {
+            return Err(self.err());
+        };
+        self.buf = tail;
+        Ok(*head)
+    }
+
     pub fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.bytes(1)?[0])
+        let [b] = self.array::<1>()?;
+        Ok(b)
     }
 
     pub fn i16(&mut self) -> Result<i16, ProtocolError> {
-        let b = self.bytes(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
+        Ok(i16::from_be_bytes(self.array()?))
     }
 
     pub fn i32(&mut self) -> Result<i32, ProtocolError> {
-        let b = self.bytes(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(i32::from_be_bytes(self.array()?))
     }
 
     pub fn u32(&mut self) -> Result<u32, ProtocolError> {
@@ -136,10 +143,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn i64(&mut self) -> Result<i64, ProtocolError> {
-        let b = self.bytes(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
+        Ok(i64::from_be_bytes(self.array()?))
     }
 
     pub fn u64(&mut self) -> Result<u64, ProtocolError> {
@@ -153,8 +157,10 @@ impl<'a> Reader<'a> {
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.err())?;
-        let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        self.buf = &self.buf[end + 1..];
+        let (head, tail) = self.buf.split_at(end);
+        let s = String::from_utf8_lossy(head).into_owned();
+        // `tail` starts with the NUL that `position` found.
+        self.buf = tail.get(1..).unwrap_or_default();
         Ok(s)
     }
 }
