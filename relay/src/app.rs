@@ -79,11 +79,10 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
             .run(cancel.clone()),
         );
     }
-    let ctx = Arc::new(downstream::Context::new(
-        store.clone(),
-        registry.clone(),
-        cancel.clone(),
-    ));
+    let ctx = Arc::new(
+        downstream::Context::new(store.clone(), registry.clone(), cancel.clone())
+            .with_limits(cfg.limits),
+    );
     tracker.spawn(
         downstream::serve(listener, ctx, tracker.clone())
             .instrument(tracing::info_span!("listener", listen = %cfg.listen)),

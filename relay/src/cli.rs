@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Most downstream connections at once; past it `53300 sorry, too many clients already`
+    /// [default: 100].
+    #[arg(long, env = "WALRELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
                 failover_standby: args.failover_standby,
                 wal_keep_size: args.wal_keep_size,
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
+                max_connections: args.max_connections,
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,

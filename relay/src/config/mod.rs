@@ -21,6 +21,8 @@ pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
 /// Unlike PostgreSQL (0), a relay keeps some WAL by default: buffering for replicas that
 /// reconnect is its job.
 pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
+/// PostgreSQL's default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 /// The config file (`--config`). Every key is optional; unknown keys are errors, so a typo
 /// never silently falls back to a default.
@@ -39,6 +41,7 @@ pub struct FileConfig {
     pub wal_keep_size: Option<String>,
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 impl FileConfig {
@@ -60,6 +63,7 @@ pub struct Overrides {
     pub failover_standby: Vec<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -82,6 +86,23 @@ pub struct RelayConfig {
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
+    /// Limits on downstream connections.
+    pub limits: Limits,
+}
+
+/// Limits on downstream connections (`max_connections`, …); `app` hands them to the
+/// downstream listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl RelayConfig {
@@ -131,6 +152,12 @@ impl RelayConfig {
                     .with_context(|| format!("invalid max_slot_wal_keep_size \"{m}\""))?,
                 None => None,
             };
+        let max_connections = match over.max_connections.or(file.max_connections) {
+            Some(0) => bail!("invalid max_connections 0: at least 1 connection is needed"),
+            Some(n) => n as usize,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let limits = Limits { max_connections };
         Ok(RelayConfig {
             upstream,
             slot,
@@ -143,6 +170,7 @@ impl RelayConfig {
                 wal_keep_size,
                 max_slot_wal_keep_size,
             },
+            limits,
         })
     }
 }
@@ -204,6 +232,23 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:6000");
         assert_eq!(c.http.to_string(), DEFAULT_HTTP);
         assert_eq!(c.application_name, "walrelay");
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_from_file_and_flags() {
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let file: FileConfig = toml::from_str(&format!("{base}max_connections = 5\n")).unwrap();
+        let c = RelayConfig::build(file.clone(), Overrides::default()).unwrap();
+        assert_eq!(c.limits.max_connections, 5);
+        let over = Overrides {
+            max_connections: Some(7),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file, over).unwrap();
+        assert_eq!(c.limits.max_connections, 7);
+        let zero: FileConfig = toml::from_str(&format!("{base}max_connections = 0\n")).unwrap();
+        assert!(RelayConfig::build(zero, Overrides::default()).is_err());
     }
 
     #[test]

@@ -7,8 +7,10 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::Limits;
 use crate::lag::Registry;
 use crate::store::Store;
 
@@ -18,6 +20,22 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
     next_pid: AtomicI32,
+    pub limits: Limits,
+    /// One permit per session, `max_connections` of them.
+    connections: Arc<Semaphore>,
+    /// Sessions past the limit that are read up to their startup packet before they are
+    /// refused (PostgreSQL's dead-end backends), at most `max_connections` of them too.
+    refusals: Arc<Semaphore>,
+}
+
+/// What the listener does with a new connection.
+pub enum Admission {
+    /// Within `max_connections`: a session, holding its permit until it ends.
+    Session(OwnedSemaphorePermit),
+    /// Past the limit: read the startup packet, then refuse with `53300`.
+    Refuse(OwnedSemaphorePermit),
+    /// Past the limit with the refusals full too: refuse at once, reading nothing.
+    RefuseNow,
 }
 
 impl Context {
@@ -31,6 +49,28 @@ impl Context {
             registry,
             cancel,
             next_pid: AtomicI32::new(seed.max(1000)),
+            limits: Limits::default(),
+            connections: Arc::new(Semaphore::new(Limits::default().max_connections)),
+            refusals: Arc::new(Semaphore::new(Limits::default().max_connections)),
+        }
+    }
+
+    /// The same context with these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.connections = Arc::new(Semaphore::new(limits.max_connections));
+        self.refusals = Arc::new(Semaphore::new(limits.max_connections));
+        self.limits = limits;
+        self
+    }
+
+    /// Takes a connection slot for a new client, if there is one.
+    pub fn admit(&self) -> Admission {
+        if let Ok(p) = self.connections.clone().try_acquire_owned() {
+            Admission::Session(p)
+        } else if let Ok(p) = self.refusals.clone().try_acquire_owned() {
+            Admission::Refuse(p)
+        } else {
+            Admission::RefuseNow
         }
     }
 

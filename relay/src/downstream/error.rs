@@ -39,6 +39,14 @@ impl From<WireError> for SessionEnd {
     }
 }
 
+/// `max_connections` reached (PostgreSQL's CAC_TOOMANY).
+pub fn too_many_clients() -> PgError {
+    PgError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    )
+}
+
 /// A slot refusal as PostgreSQL's slot.c reports it (all `ERROR`: the session goes on).
 pub fn slot_error(e: &SlotError) -> PgError {
     let code = match e {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use super::context::Context;
+use super::context::{Admission, Context};
+use super::error::too_many_clients;
 use super::session;
 
 /// Accepts downstream connections until cancelled.
@@ -23,8 +24,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                let ctx = ctx.clone();
-                tracker.spawn(session::run(ctx, socket, peer));
+                match ctx.admit() {
+                    Admission::Session(permit) => {
+                        tracker.spawn(session::run(ctx.clone(), socket, peer, permit));
+                    }
+                    Admission::Refuse(permit) => {
+                        tracker.spawn(session::refuse(ctx.clone(), socket, peer, permit));
+                    }
+                    Admission::RefuseNow => refuse_now(&socket, peer),
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -33,4 +41,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
             }
         }
     }
+}
+
+/// Past `max_connections` with as many refusals already in progress: the error goes out at
+/// once, unread startup packet or not (as the postmaster's report_fork_failure_to_client), in
+/// one non-blocking write, and the socket closes.
+fn refuse_now(socket: &tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    let mut buf = bytes::BytesMut::new();
+    too_many_clients().encode(&mut buf);
+    let _ = socket.try_write(&buf);
+    tracing::debug!(%peer, "refused downstream connection: too many clients");
 }

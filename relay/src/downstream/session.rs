@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{field, info, Instrument};
 
 use super::auth;
@@ -18,7 +19,7 @@ use super::client::{server_major, Client};
 use super::commands;
 use super::connection::Conn;
 use super::context::Context;
-use super::error::SessionEnd;
+use super::error::{too_many_clients, SessionEnd};
 use crate::proto::backend;
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{
@@ -27,7 +28,13 @@ use crate::proto::frontend::{
 use crate::proto::ProtocolError;
 use crate::wire::WireError;
 
-pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
+/// One session, holding its `max_connections` permit until it ends.
+pub async fn run(
+    ctx: Arc<Context>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
     let pid = ctx.next_pid();
     let span = tracing::info_span!(
         "downstream",
@@ -62,6 +69,32 @@ pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr) {
                 info!("downstream connection closed at shutdown");
             }
             Err(SessionEnd::Io(e)) => info!("downstream connection lost: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A client past `max_connections`: as PostgreSQL does, its startup packet is read (SSL and
+/// GSS requests answered as usual) and then it gets `53300` and is closed.
+pub async fn refuse(
+    _ctx: Arc<Context>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("downstream", peer = %peer);
+    async move {
+        let mut conn = Conn::new(socket);
+        match startup(&mut conn).await {
+            Ok(_) => {
+                info!("refusing downstream connection: too many clients already");
+                let _ = conn.send_error(&too_many_clients()).await;
+            }
+            Err(SessionEnd::Fatal(e)) => {
+                let _ = conn.send_error(&e).await;
+            }
+            Err(_) => {}
         }
     }
     .instrument(span)
