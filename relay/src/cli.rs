@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// [default: 100].
     #[arg(long, env = "WALRELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Time a client has to finish its startup and authentication before it is closed
+    /// (`90s`, `1m`, `500ms`) [default: 60s].
+    #[arg(long, env = "WALRELAY_AUTHENTICATION_TIMEOUT")]
+    pub authentication_timeout: Option<String>,
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
                 wal_keep_size: args.wal_keep_size,
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
                 max_connections: args.max_connections,
+                authentication_timeout: args.authentication_timeout,
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,

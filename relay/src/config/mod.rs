@@ -9,6 +9,7 @@ pub mod pgpass;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
 pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
 /// PostgreSQL's default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// PostgreSQL's default `authentication_timeout`.
+pub const DEFAULT_AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The config file (`--config`). Every key is optional; unknown keys are errors, so a typo
 /// never silently falls back to a default.
@@ -42,6 +45,8 @@ pub struct FileConfig {
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
+    /// A duration: `60s`, `1m`, `500ms`.
+    pub authentication_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -64,6 +69,7 @@ pub struct Overrides {
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
+    pub authentication_timeout: Option<String>,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -95,12 +101,15 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Startup and authentication must finish within this.
+    pub authentication_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            authentication_timeout: DEFAULT_AUTHENTICATION_TIMEOUT,
         }
     }
 }
@@ -157,7 +166,22 @@ impl RelayConfig {
             Some(n) => n as usize,
             None => DEFAULT_MAX_CONNECTIONS,
         };
-        let limits = Limits { max_connections };
+        let authentication_timeout =
+            match over.authentication_timeout.or(file.authentication_timeout) {
+                Some(t) => match parse_duration(&t)
+                    .with_context(|| format!("invalid authentication_timeout \"{t}\""))?
+                {
+                    d if d.is_zero() => {
+                        bail!("invalid authentication_timeout \"{t}\": it must be more than 0")
+                    }
+                    d => d,
+                },
+                None => DEFAULT_AUTHENTICATION_TIMEOUT,
+            };
+        let limits = Limits {
+            max_connections,
+            authentication_timeout,
+        };
         Ok(RelayConfig {
             upstream,
             slot,
@@ -197,6 +221,17 @@ pub fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
         }
     };
     n.checked_mul(mult).map(Some).context("size out of range")
+}
+
+/// Parses a duration: `0`, or a number with a unit (`60s`, `1m`, `500ms`, `1h 30m`), as
+/// humantime reads it.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t)
+        .with_context(|| format!("\"{s}\" is not a duration (e.g. 60s, 1m, 500ms)"))
 }
 
 fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -247,6 +282,15 @@ mod tests {
         };
         let c = RelayConfig::build(file, over).unwrap();
         assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.limits.authentication_timeout, Duration::from_secs(60));
+        let file: FileConfig =
+            toml::from_str(&format!("{base}authentication_timeout = \"2s\"\n")).unwrap();
+        let c = RelayConfig::build(file, Overrides::default()).unwrap();
+        assert_eq!(c.limits.authentication_timeout, Duration::from_secs(2));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("60").is_err());
         let zero: FileConfig = toml::from_str(&format!("{base}max_connections = 0\n")).unwrap();
         assert!(RelayConfig::build(zero, Overrides::default()).is_err());
     }

@@ -27,6 +27,9 @@ pub enum SessionEnd {
     Protocol(#[from] ProtocolError),
     #[error("relay shutting down")]
     Shutdown,
+    /// Startup and authentication did not finish within `authentication_timeout`.
+    #[error("authentication timeout")]
+    AuthenticationTimeout,
 }
 
 impl From<WireError> for SessionEnd {

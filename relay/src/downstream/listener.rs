@@ -23,7 +23,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
         };
         match accepted {
             Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
+                configure_socket(&socket);
                 match ctx.admit() {
                     Admission::Session(permit) => {
                         tracker.spawn(session::run(ctx.clone(), socket, peer, permit));
@@ -40,6 +40,27 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// TCP keepalive on accepted sockets: first probe after this much silence.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Then one probe every this long…
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// …and the peer is dead after this many unanswered probes: a host that vanished is noticed
+/// about two minutes after it last spoke, whatever the session was doing.
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// No Nagle delay (replies and keepalives are small and must go at once) and TCP keepalives.
+fn configure_socket(socket: &tokio::net::TcpStream) {
+    let _ = socket.set_nodelay(true);
+    let ka = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let ka = ka
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&ka) {
+        tracing::debug!("could not set TCP keepalive on a downstream socket: {e}");
     }
 }
 

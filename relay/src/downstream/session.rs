@@ -9,9 +9,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::{field, info, Instrument};
 
 use super::auth;
@@ -45,29 +46,40 @@ pub async fn run(
     );
     async move {
         let mut conn = Conn::new(socket);
-        let result = session(&ctx, &mut conn, pid, peer).await;
+        let (authenticated, startup_done) = oneshot::channel();
+        let result = tokio::select! {
+            r = session(&ctx, &mut conn, pid, peer, authenticated) => r,
+            () = startup_deadline(startup_done, ctx.limits.authentication_timeout) => {
+                Err(SessionEnd::AuthenticationTimeout)
+            }
+            () = shutdown_grace(&ctx) => Err(SessionEnd::Shutdown),
+        };
         // Temporary slots end with the session that created them.
         ctx.store.slots().drop_temporary_of(pid);
         match result {
             Ok(()) | Err(SessionEnd::ClientGone) => info!("downstream disconnected"),
             Err(SessionEnd::Fatal(e)) => {
                 info!("ending downstream connection: {e}");
-                let _ = conn.send_error(&e).await;
+                farewell(&mut conn, &e).await;
             }
             Err(SessionEnd::Protocol(e)) => {
                 info!("ending downstream connection: {e}");
-                let _ = conn
-                    .send_error(&PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
-                    .await;
+                let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string());
+                farewell(&mut conn, &e).await;
             }
             Err(SessionEnd::Shutdown) => {
                 let e = PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
                 );
-                let _ = conn.send_error(&e).await;
+                farewell(&mut conn, &e).await;
                 info!("downstream connection closed at shutdown");
             }
+            // As PostgreSQL: the client is told nothing, the connection just closes.
+            Err(SessionEnd::AuthenticationTimeout) => info!(
+                timeout = %humantime::format_duration(ctx.limits.authentication_timeout),
+                "closing downstream connection: startup and authentication not finished within authentication_timeout"
+            ),
             Err(SessionEnd::Io(e)) => info!("downstream connection lost: {e}"),
         }
     }
@@ -78,7 +90,7 @@ pub async fn run(
 /// A client past `max_connections`: as PostgreSQL does, its startup packet is read (SSL and
 /// GSS requests answered as usual) and then it gets `53300` and is closed.
 pub async fn refuse(
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
     socket: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
@@ -86,19 +98,44 @@ pub async fn refuse(
     let span = tracing::info_span!("downstream", peer = %peer);
     async move {
         let mut conn = Conn::new(socket);
-        match startup(&mut conn).await {
-            Ok(_) => {
+        let timeout = ctx.limits.authentication_timeout;
+        match tokio::time::timeout(timeout, startup(&mut conn)).await {
+            Ok(Ok(_)) => {
                 info!("refusing downstream connection: too many clients already");
-                let _ = conn.send_error(&too_many_clients()).await;
+                farewell(&mut conn, &too_many_clients()).await;
             }
-            Err(SessionEnd::Fatal(e)) => {
-                let _ = conn.send_error(&e).await;
-            }
-            Err(_) => {}
+            Ok(Err(SessionEnd::Fatal(e))) => farewell(&mut conn, &e).await,
+            Ok(Err(_)) | Err(_) => {}
         }
     }
     .instrument(span)
     .await
+}
+
+/// How long the last message to a client that is going away may take: a client that does not
+/// read it is not waited for.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a session may take to end after the relay is told to stop (a session blocked
+/// writing to a client that does not read is dropped then).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Sends a client its last message, if it takes it within [`FAREWELL_TIMEOUT`].
+async fn farewell(conn: &mut Conn, e: &PgError) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.send_error(e)).await;
+}
+
+/// Ends when `limit` has passed before the session said it is authenticated; never ends once
+/// it has.
+async fn startup_deadline(done: oneshot::Receiver<()>, limit: Duration) {
+    if tokio::time::timeout(limit, done).await.is_ok() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Ends [`SHUTDOWN_GRACE`] after the relay was told to stop.
+async fn shutdown_grace(ctx: &Context) {
+    ctx.cancel.cancelled().await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
 async fn session(
@@ -106,6 +143,7 @@ async fn session(
     conn: &mut Conn,
     pid: i32,
     peer: SocketAddr,
+    authenticated: oneshot::Sender<()>,
 ) -> Result<(), SessionEnd> {
     let (minor, params) = startup(conn).await?;
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -179,6 +217,7 @@ async fn session(
     backend::backend_key_data(conn.out(), pid, rand::random::<i32>());
     backend::ready_for_query(conn.out());
     conn.flush().await?;
+    let _ = authenticated.send(());
     info!("downstream connected");
 
     let client = Client {
