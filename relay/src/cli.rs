@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// (`90s`, `1m`, `500ms`) [default: 60s].
     #[arg(long, env = "WALRELAY_AUTHENTICATION_TIMEOUT")]
     pub authentication_timeout: Option<String>,
+    /// A replica not heard from for this long, or that stops reading for this long, is dropped;
+    /// 0 = off [default: 60s].
+    #[arg(long, env = "WALRELAY_WAL_SENDER_TIMEOUT")]
+    pub wal_sender_timeout: Option<String>,
 }
 
 #[cfg(test)]

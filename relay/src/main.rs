@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
                 max_connections: args.max_connections,
                 authentication_timeout: args.authentication_timeout,
+                wal_sender_timeout: args.wal_sender_timeout,
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,

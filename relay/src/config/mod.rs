@@ -26,6 +26,8 @@ pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// PostgreSQL's default `authentication_timeout`.
 pub const DEFAULT_AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// PostgreSQL's default `wal_sender_timeout`.
+pub const DEFAULT_WAL_SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The config file (`--config`). Every key is optional; unknown keys are errors, so a typo
 /// never silently falls back to a default.
@@ -47,6 +49,8 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     /// A duration: `60s`, `1m`, `500ms`.
     pub authentication_timeout: Option<String>,
+    /// A duration, or `0` for off.
+    pub wal_sender_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -70,6 +74,7 @@ pub struct Overrides {
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
     pub authentication_timeout: Option<String>,
+    pub wal_sender_timeout: Option<String>,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -103,6 +108,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Startup and authentication must finish within this.
     pub authentication_timeout: Duration,
+    /// `wal_sender_timeout`; `None` is off.
+    pub wal_sender_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -110,6 +117,7 @@ impl Default for Limits {
         Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             authentication_timeout: DEFAULT_AUTHENTICATION_TIMEOUT,
+            wal_sender_timeout: Some(DEFAULT_WAL_SENDER_TIMEOUT),
         }
     }
 }
@@ -178,9 +186,18 @@ impl RelayConfig {
                 },
                 None => DEFAULT_AUTHENTICATION_TIMEOUT,
             };
+        let wal_sender_timeout = match over.wal_sender_timeout.or(file.wal_sender_timeout) {
+            Some(t) => Some(
+                parse_duration(&t)
+                    .with_context(|| format!("invalid wal_sender_timeout \"{t}\""))?,
+            )
+            .filter(|d| !d.is_zero()),
+            None => Some(DEFAULT_WAL_SENDER_TIMEOUT),
+        };
         let limits = Limits {
             max_connections,
             authentication_timeout,
+            wal_sender_timeout,
         };
         Ok(RelayConfig {
             upstream,
@@ -288,6 +305,24 @@ mod tests {
         let c = RelayConfig::build(file, Overrides::default()).unwrap();
         assert_eq!(c.limits.authentication_timeout, Duration::from_secs(2));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        let off: FileConfig =
+            toml::from_str(&format!("{base}wal_sender_timeout = \"0\"\n")).unwrap();
+        let c = RelayConfig::build(off, Overrides::default()).unwrap();
+        assert_eq!(c.limits.wal_sender_timeout, None);
+        let over = Overrides {
+            wal_sender_timeout: Some("5s".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(
+            FileConfig {
+                upstream: Some("host=a".into()),
+                data_dir: Some("/x".into()),
+                ..Default::default()
+            },
+            over,
+        )
+        .unwrap();
+        assert_eq!(c.limits.wal_sender_timeout, Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("60").is_err());

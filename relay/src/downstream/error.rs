@@ -30,6 +30,10 @@ pub enum SessionEnd {
     /// Startup and authentication did not finish within `authentication_timeout`.
     #[error("authentication timeout")]
     AuthenticationTimeout,
+    /// The walsender's client was not heard from, or did not read, for `wal_sender_timeout`
+    /// (already logged by the walsender).
+    #[error("terminating walsender process due to replication timeout")]
+    ReplicationTimeout,
 }
 
 impl From<WireError> for SessionEnd {

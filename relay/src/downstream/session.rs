@@ -81,6 +81,8 @@ pub async fn run(
                 "closing downstream connection: startup and authentication not finished within authentication_timeout"
             ),
             Err(SessionEnd::Io(e)) => info!("downstream connection lost: {e}"),
+            // Logged once by the walsender; the client is told nothing (COMMERROR).
+            Err(SessionEnd::ReplicationTimeout) => {}
         }
     }
     .instrument(span)

@@ -11,6 +11,7 @@
 //!
 //! Invariant: no byte at or past the published servable end is ever sent.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,8 +38,32 @@ use crate::wire::{MsgReader, ReadHalf, WireError};
 const MAX_SEND: u64 = 16 * WAL_PAGE_SIZE;
 /// Idle time after which a keepalive is sent.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// `wal_sender_timeout`: a client silent this long is gone; at half of it we ask for a reply.
-const SENDER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When the client was last heard from: set by the reply reader on every message, read by the
+/// sender, also while it is blocked writing (as walsender.c processes replies while its
+/// output is pending).
+struct Heard {
+    base: Instant,
+    millis: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            base: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+}
 
 /// What the reply reader tells the sender.
 enum ClientEvent {
@@ -141,7 +166,8 @@ pub async fn start_replication(
         return Err(SessionEnd::ClientGone);
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
-    let reader_task = tokio::spawn(read_replies(rd, ev_tx));
+    let heard = Arc::new(Heard::new());
+    let reader_task = tokio::spawn(read_replies(rd, ev_tx, heard.clone()));
     let mut s = Sender {
         ctx: ctx.clone(),
         guard,
@@ -151,9 +177,11 @@ pub async fn start_replication(
         seg_size,
         reader: reader.take(),
         ev_rx,
-        last_heard: Instant::now(),
+        heard,
+        timeout: ctx.limits.wal_sender_timeout,
+        application_name: client.application_name.clone(),
         durable_at: Instant::now(),
-        ping_sent: false,
+        ping_sent_at: None,
         slot,
     };
     let result = s.stream(conn).await;
@@ -176,9 +204,14 @@ struct Sender {
     seg_size: u64,
     reader: Option<WalReader>,
     ev_rx: mpsc::Receiver<ClientEvent>,
-    last_heard: Instant,
+    heard: Arc<Heard>,
+    /// `wal_sender_timeout`; `None` is off.
+    timeout: Option<Duration>,
+    application_name: String,
     durable_at: Instant,
-    ping_sent: bool,
+    /// When a keepalive asking for a reply was sent, if one was (walsender.c's
+    /// `waiting_for_ping_response` while nothing was heard since).
+    ping_sent_at: Option<Instant>,
     slot: Option<SlotUse>,
 }
 
@@ -253,6 +286,12 @@ impl Sender {
             if self.sent < end {
                 self.send_chunk(conn, end).await?;
                 keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
+                // While catching up too, as WalSndLoop: the timeout, and a ping at half of it.
+                self.check_timeout()?;
+                if self.ping_due().is_some_and(|p| Instant::now() >= p) {
+                    self.ping_sent_at = Some(Instant::now());
+                    self.keepalive(conn, true).await?;
+                }
                 while let Ok(ev) = self.ev_rx.try_recv() {
                     if let Some(rd) = self.on_event(conn, ev).await? {
                         return Ok(rd);
@@ -264,8 +303,11 @@ impl Sender {
                 return self.end_timeline(conn, h).await;
             }
             self.guard.update(|d| d.state = WalSndState::Streaming);
-            let ping_due = self.last_heard + SENDER_TIMEOUT / 2;
-            let timeout_at = self.last_heard + SENDER_TIMEOUT;
+            // After a ping the next wake-up is the keepalive or the timeout, never the ping
+            // time again (which has passed).
+            let ping_due = self.ping_due();
+            let wake = ping_due.map_or(keepalive_due, |p| p.min(keepalive_due));
+            let timeout_at = self.timeout.map(|t| self.heard.last() + t);
             tokio::select! {
                 r = servable_rx.changed() => {
                     if r.is_err() {
@@ -283,17 +325,80 @@ impl Sender {
                         return Ok(rd);
                     }
                 }
-                _ = tokio::time::sleep_until(keepalive_due.min(ping_due).into()) => {
-                    let ping = Instant::now() >= ping_due && !self.ping_sent;
-                    self.ping_sent |= ping;
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    let ping = ping_due.is_some_and(|p| now >= p);
+                    if ping {
+                        self.ping_sent_at = Some(now);
+                    }
                     self.keepalive(conn, ping).await?;
                     keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
                 }
-                _ = tokio::time::sleep_until(timeout_at.into()) => {
-                    tracing::info!("terminating walsender due to replication timeout");
-                    return Err(SessionEnd::ClientGone);
-                }
+                _ = sleep_until_opt(timeout_at) => self.check_timeout()?,
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+            }
+        }
+    }
+
+    /// When to ask the client for a reply: half the timeout after it was last heard, unless
+    /// that ping was sent and nothing was heard since (WalSndKeepaliveIfNecessary).
+    fn ping_due(&self) -> Option<Instant> {
+        let t = self.timeout?;
+        let last = self.heard.last();
+        if self.ping_sent_at.is_some_and(|p| last < p) {
+            return None;
+        }
+        Some(last + t / 2)
+    }
+
+    /// WalSndCheckTimeOut: nothing heard from the client for `wal_sender_timeout`.
+    fn check_timeout(&self) -> Result<(), SessionEnd> {
+        match self.timeout {
+            Some(t) if Instant::now() >= self.heard.last() + t => Err(self.replication_timeout()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The one log line of a dropped replica (walsender.c's words), and how the session ends:
+    /// the client is told nothing, the connection closes, and the registry entry, the slot and
+    /// with them its xmin and apply position are released.
+    fn replication_timeout(&self) -> SessionEnd {
+        tracing::warn!(
+            application_name = %self.application_name,
+            timeout = %humantime::format_duration(self.timeout.unwrap_or_default()),
+            "terminating walsender process due to replication timeout"
+        );
+        metrics::counter!("walrelay_downstream_timeouts_total").increment(1);
+        SessionEnd::ReplicationTimeout
+    }
+
+    /// Sends what is queued, bounded as walsender.c bounds pending output: the replica is
+    /// dropped when nothing was heard from it for `wal_sender_timeout`, or when the write made
+    /// no progress for that long (a replica that stopped reading). Shutdown does not wait.
+    async fn flush(&self, conn: &mut Conn) -> Result<(), SessionEnd> {
+        let Some(t) = self.timeout else {
+            return tokio::select! {
+                r = conn.flush() => Ok(r?),
+                _ = self.ctx.cancel.cancelled() => Err(SessionEnd::Shutdown),
+            };
+        };
+        let mut progress_at = Instant::now();
+        let mut left = conn.out().len();
+        loop {
+            let deadline = (self.heard.last() + t).min(progress_at + t);
+            tokio::select! {
+                r = conn.flush() => return Ok(r?),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+            }
+            let now = Instant::now();
+            let remaining = conn.out().len();
+            if remaining < left {
+                left = remaining;
+                progress_at = now;
+            }
+            if now >= self.heard.last() + t || now >= progress_at + t {
+                return Err(self.replication_timeout());
             }
         }
     }
@@ -343,7 +448,7 @@ impl Sender {
             )));
         }
         encode_xlog_data_frame(conn.out(), self.sent, end, &data);
-        conn.flush().await?;
+        self.flush(conn).await?;
         let n = data.len() as u64;
         self.sent = Lsn(self.sent.0 + n);
         let (sent, at) = (self.sent, self.durable_at);
@@ -393,7 +498,7 @@ impl Sender {
             reply_requested,
         }
         .encode_frame(conn.out());
-        Ok(conn.flush().await?)
+        self.flush(conn).await
     }
 
     /// Handles one event from the client; `Some(reader)` when the stream is over.
@@ -402,8 +507,6 @@ impl Sender {
         conn: &mut Conn,
         ev: ClientEvent,
     ) -> Result<Option<MsgReader<ReadHalf>>, SessionEnd> {
-        self.last_heard = Instant::now();
-        self.ping_sent = false;
         match ev {
             ClientEvent::Message(ClientCopyMessage::Status(s)) => {
                 self.guard.on_reply(s.write, s.flush, s.apply);
@@ -425,7 +528,7 @@ impl Sender {
                 backend::command_complete(conn.out(), "START_STREAMING");
                 backend::command_complete(conn.out(), "START_REPLICATION");
                 backend::ready_for_query(conn.out());
-                conn.flush().await?;
+                self.flush(conn).await?;
                 Ok(Some(rd))
             }
             ClientEvent::Terminate => Err(SessionEnd::ClientGone),
@@ -443,11 +546,14 @@ impl Sender {
         tracing::info!(timeline = self.tli, switchpoint = %h.switchpoint, next = h.next_tli, "end of timeline reached");
         self.guard.update(|d| d.state = WalSndState::Stopping);
         backend::copy_done(conn.out());
-        conn.flush().await?;
+        self.flush(conn).await?;
         loop {
             let ev = tokio::select! {
                 ev = self.ev_rx.recv() => ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone)),
-                _ = tokio::time::sleep(SENDER_TIMEOUT) => return Err(SessionEnd::ClientGone),
+                _ = sleep_until_opt(self.timeout.map(|t| self.heard.last() + t)) => {
+                    self.check_timeout()?;
+                    continue;
+                }
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
             };
             match ev {
@@ -457,7 +563,7 @@ impl Sender {
                 ClientEvent::Message(_) => {}
                 ClientEvent::CopyDone(rd) => {
                     end_of_timeline_result(conn, h);
-                    conn.flush().await?;
+                    self.flush(conn).await?;
                     return Ok(rd);
                 }
                 ClientEvent::Terminate => return Err(SessionEnd::ClientGone),
@@ -468,9 +574,17 @@ impl Sender {
 }
 
 /// Reads the client's messages during the stream and forwards them to the sender.
-async fn read_replies(mut rd: MsgReader<ReadHalf>, tx: mpsc::Sender<ClientEvent>) {
+async fn read_replies(
+    mut rd: MsgReader<ReadHalf>,
+    tx: mpsc::Sender<ClientEvent>,
+    heard: Arc<Heard>,
+) {
     loop {
-        let ev = match rd.read_message().await {
+        let msg = rd.read_message().await;
+        if msg.is_ok() {
+            heard.touch();
+        }
+        let ev = match msg {
             Err(e) => ClientEvent::Gone(match e {
                 WireError::Closed => SessionEnd::ClientGone,
                 other => other.into(),
@@ -502,6 +616,14 @@ async fn read_replies(mut rd: MsgReader<ReadHalf>, tx: mpsc::Sender<ClientEvent>
         if tx.send(ev).await.is_err() || last {
             return;
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is no `at`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
