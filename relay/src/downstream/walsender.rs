@@ -45,6 +45,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 struct Heard {
     base: Instant,
     millis: AtomicU64,
+    /// Messages heard so far: whether anything came after a ping is told by this count, not by
+    /// the clock (a reply on loopback comes within the millisecond of the ping).
+    count: AtomicU64,
 }
 
 impl Heard {
@@ -52,12 +55,18 @@ impl Heard {
         Heard {
             base: Instant::now(),
             millis: AtomicU64::new(0),
+            count: AtomicU64::new(0),
         }
     }
 
     fn touch(&self) {
         let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.millis.fetch_max(ms, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> Instant {
@@ -182,6 +191,8 @@ pub async fn start_replication(
         application_name: client.application_name.clone(),
         durable_at: Instant::now(),
         ping_sent_at: None,
+        deferred: None,
+        reply_owed: false,
         slot,
     };
     let result = s.stream(conn).await;
@@ -209,9 +220,14 @@ struct Sender {
     timeout: Option<Duration>,
     application_name: String,
     durable_at: Instant,
-    /// When a keepalive asking for a reply was sent, if one was (walsender.c's
-    /// `waiting_for_ping_response` while nothing was heard since).
-    ping_sent_at: Option<Instant>,
+    /// [`Heard::count`] when a keepalive asking for a reply was sent, if one was
+    /// (walsender.c's `waiting_for_ping_response` while nothing was heard since).
+    ping_sent_at: Option<u64>,
+    /// An event that came while a write was pending and needs writing of its own (CopyDone)
+    /// or ends the stream: handled once the write is done.
+    deferred: Option<ClientEvent>,
+    /// A reply that asked for a keepalive came while a write was pending.
+    reply_owed: bool,
     slot: Option<SlotUse>,
 }
 
@@ -263,6 +279,9 @@ impl Sender {
         let mut servable_rx = self.ctx.store.subscribe_servable();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
+            if let Some(rd) = self.after_write(conn).await? {
+                return Ok(rd);
+            }
             let servable: Servable = servable_rx.borrow_and_update().clone();
             // When the relay moved to a new timeline under us, ours is historic from now on.
             let bound = servable
@@ -289,7 +308,7 @@ impl Sender {
                 // While catching up too, as WalSndLoop: the timeout, and a ping at half of it.
                 self.check_timeout()?;
                 if self.ping_due().is_some_and(|p| Instant::now() >= p) {
-                    self.ping_sent_at = Some(Instant::now());
+                    self.ping_sent_at = Some(self.heard.count());
                     self.keepalive(conn, true).await?;
                 }
                 while let Ok(ev) = self.ev_rx.try_recv() {
@@ -329,7 +348,7 @@ impl Sender {
                     let now = Instant::now();
                     let ping = ping_due.is_some_and(|p| now >= p);
                     if ping {
-                        self.ping_sent_at = Some(now);
+                        self.ping_sent_at = Some(self.heard.count());
                     }
                     self.keepalive(conn, ping).await?;
                     keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
@@ -345,7 +364,7 @@ impl Sender {
     fn ping_due(&self) -> Option<Instant> {
         let t = self.timeout?;
         let last = self.heard.last();
-        if self.ping_sent_at.is_some_and(|p| last < p) {
+        if self.ping_sent_at == Some(self.heard.count()) {
             return None;
         }
         Some(last + t / 2)
@@ -366,6 +385,9 @@ impl Sender {
         tracing::warn!(
             application_name = %self.application_name,
             timeout = %humantime::format_duration(self.timeout.unwrap_or_default()),
+            last_heard_ms = self.heard.last().elapsed().as_millis() as u64,
+            waiting_for_ping = self.ping_sent_at == Some(self.heard.count()),
+            sent = %self.sent,
             "terminating walsender process due to replication timeout"
         );
         metrics::counter!("walrelay_downstream_timeouts_total").increment(1);
@@ -375,22 +397,31 @@ impl Sender {
     /// Sends what is queued, bounded as walsender.c bounds pending output: the replica is
     /// dropped when nothing was heard from it for `wal_sender_timeout`, or when the write made
     /// no progress for that long (a replica that stopped reading). Shutdown does not wait.
-    async fn flush(&self, conn: &mut Conn) -> Result<(), SessionEnd> {
-        let Some(t) = self.timeout else {
-            return tokio::select! {
-                r = conn.flush() => Ok(r?),
-                _ = self.ctx.cancel.cancelled() => Err(SessionEnd::Shutdown),
-            };
-        };
+    /// Replies that came meanwhile are taken in (positions, feedback) so the client's reader is
+    /// never stalled behind the write; what needs an answer of its own waits for
+    /// [`Sender::after_write`].
+    async fn flush(&mut self, conn: &mut Conn) -> Result<(), SessionEnd> {
         let mut progress_at = Instant::now();
         let mut left = conn.out().len();
         loop {
-            let deadline = (self.heard.last() + t).min(progress_at + t);
+            let deadline = self
+                .timeout
+                .map(|t| (self.heard.last() + t).min(progress_at + t));
             tokio::select! {
                 r = conn.flush() => return Ok(r?),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                ev = self.ev_rx.recv(), if self.deferred.is_none() => {
+                    match ev {
+                        Some(ClientEvent::Message(m)) => self.take_in(m),
+                        other => {
+                            self.deferred = Some(other.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone)));
+                        }
+                    }
+                    continue;
+                }
+                _ = sleep_until_opt(deadline) => {}
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
             }
+            let Some(t) = self.timeout else { continue };
             let now = Instant::now();
             let remaining = conn.out().len();
             if remaining < left {
@@ -501,6 +532,37 @@ impl Sender {
         self.flush(conn).await
     }
 
+    /// A status update or hot-standby feedback: positions into the registry and the slot.
+    fn take_in(&mut self, m: ClientCopyMessage) {
+        match m {
+            ClientCopyMessage::Status(s) => {
+                self.guard.on_reply(s.write, s.flush, s.apply);
+                if let Some(slot) = &self.slot {
+                    slot.slots.confirm_flush(&slot.name, s.flush, self.tli);
+                }
+                self.reply_owed |= s.reply_requested;
+            }
+            ClientCopyMessage::HotStandbyFeedback(h) => {
+                self.guard.update(|d| d.hs_feedback = Some(h));
+            }
+        }
+    }
+
+    /// What came in while a write was pending: the keepalive a reply asked for, and a
+    /// deferred event (`Some(reader)` when the stream is over).
+    async fn after_write(
+        &mut self,
+        conn: &mut Conn,
+    ) -> Result<Option<MsgReader<ReadHalf>>, SessionEnd> {
+        if std::mem::take(&mut self.reply_owed) {
+            self.keepalive(conn, false).await?;
+        }
+        match self.deferred.take() {
+            Some(ev) => self.on_event(conn, ev).await,
+            None => Ok(None),
+        }
+    }
+
     /// Handles one event from the client; `Some(reader)` when the stream is over.
     async fn on_event(
         &mut self,
@@ -508,18 +570,11 @@ impl Sender {
         ev: ClientEvent,
     ) -> Result<Option<MsgReader<ReadHalf>>, SessionEnd> {
         match ev {
-            ClientEvent::Message(ClientCopyMessage::Status(s)) => {
-                self.guard.on_reply(s.write, s.flush, s.apply);
-                if let Some(slot) = &self.slot {
-                    slot.slots.confirm_flush(&slot.name, s.flush, self.tli);
-                }
-                if s.reply_requested {
+            ClientEvent::Message(m) => {
+                self.take_in(m);
+                if std::mem::take(&mut self.reply_owed) {
                     self.keepalive(conn, false).await?;
                 }
-                Ok(None)
-            }
-            ClientEvent::Message(ClientCopyMessage::HotStandbyFeedback(h)) => {
-                self.guard.update(|d| d.hs_feedback = Some(h));
                 Ok(None)
             }
             ClientEvent::CopyDone(rd) => {
@@ -548,13 +603,18 @@ impl Sender {
         backend::copy_done(conn.out());
         self.flush(conn).await?;
         loop {
-            let ev = tokio::select! {
+            self.reply_owed = false;
+            let ev = if let Some(ev) = self.deferred.take() {
+                ev
+            } else {
+                tokio::select! {
                 ev = self.ev_rx.recv() => ev.unwrap_or(ClientEvent::Gone(SessionEnd::ClientGone)),
                 _ = sleep_until_opt(self.timeout.map(|t| self.heard.last() + t)) => {
                     self.check_timeout()?;
                     continue;
                 }
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
+                }
             };
             match ev {
                 ClientEvent::Message(ClientCopyMessage::Status(s)) => {
