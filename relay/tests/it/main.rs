@@ -20,6 +20,7 @@ mod failover;
 mod fanout;
 mod lag;
 mod lifecycle;
+mod limits;
 mod restart;
 mod status_cli;
 mod streaming;

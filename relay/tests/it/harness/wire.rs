@@ -348,6 +348,11 @@ impl ReplClient {
         }
     }
 
+    /// The socket, for a test that goes on by hand (e.g. stops reading mid-stream).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Sends raw bytes on this (started-up) connection, closes our side and reports the reply.
     pub fn send_raw(mut self, bytes: &[u8]) -> Result<RawOutcome, WireError> {
         let _ = self.stream.write_all(bytes);
