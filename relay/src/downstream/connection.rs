@@ -18,6 +18,10 @@ use crate::wire::{Framed, MsgReader, MsgWriter, ReadHalf, Stream, WriteHalf};
 /// Read-buffer step: client messages are small (replies, commands), so connections stay
 /// cheap; a larger message grows the buffer as it arrives.
 const READ_CHUNK: usize = 8192;
+/// Longest message a downstream client may send (length word included): replication commands
+/// are a few hundred bytes, a standby's reply 34, hot-standby feedback 21; PostgreSQL's limit for
+/// messages other than queries is 10000 bytes. Past it the client gets `08P01`.
+pub const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// Initial room in the output buffer (one `w` message of 128 KiB grows it once).
 const OUT_CAPACITY: usize = 8192;
 
@@ -32,7 +36,8 @@ impl Conn {
     pub fn new(socket: TcpStream) -> Self {
         let mut framed = Framed::new(Stream::Plain(socket), READ_CHUNK);
         framed.out().reserve(OUT_CAPACITY);
-        let (rd, wr) = framed.into_split();
+        let (mut rd, wr) = framed.into_split();
+        rd.set_max_message(MAX_CLIENT_MESSAGE);
         Conn { rd: Some(rd), wr }
     }
 

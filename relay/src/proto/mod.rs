@@ -45,11 +45,20 @@ pub struct RawMessage {
 
 /// Splits one typed message (`tag`, `int32 len`, body) off the front of `buf`.
 pub fn split_message(buf: &mut BytesMut) -> Result<Option<RawMessage>, ProtocolError> {
+    split_message_max(buf, MAX_MESSAGE_LEN)
+}
+
+/// [`split_message`] with a smaller limit on the announced length (`len` word included), for a
+/// side that only ever gets small messages.
+pub fn split_message_max(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<RawMessage>, ProtocolError> {
     let Some(&[tag, l0, l1, l2, l3]) = buf.first_chunk::<5>() else {
         return Ok(None);
     };
     let len = i32::from_be_bytes([l0, l1, l2, l3]);
-    if len < 4 || len as usize > MAX_MESSAGE_LEN {
+    if len < 4 || len as usize > max_len.min(MAX_MESSAGE_LEN) {
         return Err(ProtocolError::BadLength(len as i64));
     }
     let total = 1 + len as usize;

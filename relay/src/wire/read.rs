@@ -32,6 +32,8 @@ pub enum WireError {
 pub struct ReadBuffer {
     buf: BytesMut,
     chunk: usize,
+    /// Longest message accepted (its length word included).
+    max_message: usize,
 }
 
 impl ReadBuffer {
@@ -40,7 +42,14 @@ impl ReadBuffer {
         ReadBuffer {
             buf: BytesMut::with_capacity(chunk),
             chunk,
+            max_message: proto::MAX_MESSAGE_LEN,
         }
+    }
+
+    /// Refuses messages announcing more than `max` bytes (length word included) with
+    /// [`ProtocolError::BadLength`], for a side whose peer only sends small ones.
+    pub fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
     }
 
     /// Bytes received but not consumed yet.
@@ -67,7 +76,7 @@ impl ReadBuffer {
         r: &mut R,
     ) -> Result<RawMessage, WireError> {
         loop {
-            if let Some(m) = proto::split_message(&mut self.buf)? {
+            if let Some(m) = proto::split_message_max(&mut self.buf, self.max_message)? {
                 return Ok(m);
             }
             self.fill(r).await?;
@@ -109,6 +118,11 @@ impl<R: AsyncRead + Unpin> MsgReader<R> {
         self.buf.buffered()
     }
 
+    /// See [`ReadBuffer::set_max_message`].
+    pub fn set_max_message(&mut self, max: usize) {
+        self.buf.set_max_message(max);
+    }
+
     /// Next typed message. Cancel-safe.
     pub async fn read_message(&mut self) -> Result<RawMessage, WireError> {
         self.buf.read_message(&mut self.inner).await
@@ -138,6 +152,19 @@ mod tests {
         ));
         assert_eq!(buf.buffered(), header.len());
         assert!(buf.capacity() < 64 * 1024, "capacity {}", buf.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_refused() {
+        let mut ok: &[u8] = b"Q\0\0\0\x08abc\0";
+        let mut buf = ReadBuffer::new(64);
+        buf.set_max_message(8);
+        assert_eq!(buf.read_message(&mut ok).await.unwrap().tag, b'Q');
+        let mut big: &[u8] = b"Q\0\0\0\x09abcd\0";
+        assert!(matches!(
+            buf.read_message(&mut big).await,
+            Err(WireError::Protocol(ProtocolError::BadLength(9)))
+        ));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::pg::psql;
-use crate::harness::wire::{ReplClient, WireError};
+use crate::harness::wire::{RawOutcome, ReplClient, WireError};
 use crate::harness::{wait_until, workload, ReceiveWal, Relay, Topology};
 
 /// Downstreams `/status` lists as streaming.
@@ -182,6 +182,19 @@ fn silent_and_stuck_clients_are_closed_and_the_standby_streams_on() {
     assert_eq!(read_until_closed(idle, "an idle socket"), b"");
     assert_eq!(read_until_closed(half, "half a startup packet"), b"");
     relay.wait_for_log("not finished within authentication_timeout");
+
+    // A command far past what a replication client sends is refused before it arrives whole
+    // (the error may be lost to the reset of a close with unread bytes: closed is fine too).
+    let client = ReplClient::connect(relay.port(), "big").expect("replication connection");
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&(100_004u32).to_be_bytes());
+    msg.extend_from_slice(&[b' '; 99_999]);
+    msg.push(0);
+    match client.send_raw(&msg) {
+        Ok(RawOutcome::Error(e)) => assert_eq!(e.code(), "08P01", "{e}"),
+        Ok(RawOutcome::Closed) => {}
+        other => panic!("a 100 kB command: expected 08P01, got {other:?}"),
+    }
 
     // A replica on a relay slot that never reads nor replies, and one that replies but never
     // reads, while plenty of WAL is written.
