@@ -170,6 +170,10 @@ fn describe_metrics() {
         "WAL bytes moved aside (to diverged/) because they lay past a fork point."
     );
     metrics::describe_counter!(
+        "walrelay_downstream_timeouts_total",
+        "Walsenders ended by wal_sender_timeout (a replica not heard from, or not reading)."
+    );
+    metrics::describe_counter!(
         "walrelay_downstream_divergences_total",
         "Downstream sessions ended because the downstream had received WAL past a fork point."
     );
@@ -198,6 +202,7 @@ fn describe_metrics() {
         "walrelay_wal_invalid_total",
         "walrelay_wal_damaged_reads_total",
         "walrelay_recovery_torn_bytes_total",
+        "walrelay_downstream_timeouts_total",
     ] {
         metrics::counter!(name).increment(0);
     }
