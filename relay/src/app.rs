@@ -30,6 +30,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         .install_recorder()
         .context("install metrics recorder")?;
     describe_metrics();
+    let access = downstream::auth::Access::load(&cfg.access)?;
 
     let store = Store::open(&cfg.data_dir)
         .with_context(|| format!("open data directory {}", cfg.data_dir.display()))?;
@@ -79,11 +80,10 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
             .run(cancel.clone()),
         );
     }
-    let ctx = Arc::new(downstream::Context::new(
-        store.clone(),
-        registry.clone(),
-        cancel.clone(),
-    ));
+    let ctx = Arc::new(
+        downstream::Context::new(store.clone(), registry.clone(), cancel.clone())
+            .with_access(access),
+    );
     tracker.spawn(
         downstream::serve(listener, ctx, tracker.clone())
             .instrument(tracing::info_span!("listener", listen = %cfg.listen)),

@@ -23,7 +23,7 @@ pub enum Command {
     /// Read a password on stdin and print its SCRAM-SHA-256 verifier (pg_authid.rolpassword
     /// format), for the relay's downstream users.
     Passwd {
-        /// The user name (printed alongside, for pasting into the config file).
+        /// The user name: print one --auth-file line (`"name" "SCRAM-SHA-256$…"`).
         #[arg(long)]
         user: Option<String>,
     },
@@ -83,6 +83,18 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// PEM certificate (chain, leaf first) for downstream TLS; needs --tls-key.
+    #[arg(long, env = "WALRELAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (mode 0600, or 0640 owned by root).
+    #[arg(long, env = "WALRELAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Downstream rules in pg_hba.conf syntax [default: loopback trusted, others refused].
+    #[arg(long, env = "WALRELAY_HBA_FILE")]
+    pub hba_file: Option<PathBuf>,
+    /// Downstream users and SCRAM verifiers, PgBouncer userlist.txt format.
+    #[arg(long, env = "WALRELAY_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

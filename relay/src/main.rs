@@ -45,6 +45,10 @@ fn main() -> ExitCode {
                 failover_standby: args.failover_standby,
                 wal_keep_size: args.wal_keep_size,
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                hba_file: args.hba_file,
+                auth_file: args.auth_file,
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,

@@ -39,6 +39,14 @@ pub struct FileConfig {
     pub wal_keep_size: Option<String>,
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
+    /// Downstream TLS certificate (PEM); an empty string is unset.
+    pub tls_cert: Option<PathBuf>,
+    /// Downstream TLS private key (PEM); an empty string is unset.
+    pub tls_key: Option<PathBuf>,
+    /// Downstream pg_hba.conf-syntax rules; an empty string is unset.
+    pub hba_file: Option<PathBuf>,
+    /// Downstream users and SCRAM verifiers; an empty string is unset.
+    pub auth_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -60,6 +68,20 @@ pub struct Overrides {
     pub failover_standby: Vec<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub hba_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+}
+
+/// The files of downstream access control, as configured (loaded by
+/// `downstream::auth::Access::load` at startup). `None`: not set (an empty path is not set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFiles {
+    /// `--tls-cert` and `--tls-key`, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub hba_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -82,6 +104,7 @@ pub struct RelayConfig {
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
+    pub access: AccessFiles,
 }
 
 impl RelayConfig {
@@ -131,6 +154,25 @@ impl RelayConfig {
                     .with_context(|| format!("invalid max_slot_wal_keep_size \"{m}\""))?,
                 None => None,
             };
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls = match (
+            set(over.tls_cert.or(file.tls_cert)),
+            set(over.tls_key.or(file.tls_key)),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                bail!("--tls-cert is set but --tls-key is not: give both or neither")
+            }
+            (None, Some(_)) => {
+                bail!("--tls-key is set but --tls-cert is not: give both or neither")
+            }
+        };
+        let access = AccessFiles {
+            tls,
+            hba_file: set(over.hba_file.or(file.hba_file)),
+            auth_file: set(over.auth_file.or(file.auth_file)),
+        };
         Ok(RelayConfig {
             upstream,
             slot,
@@ -143,6 +185,7 @@ impl RelayConfig {
                 wal_keep_size,
                 max_slot_wal_keep_size,
             },
+            access,
         })
     }
 }
@@ -217,5 +260,31 @@ mod tests {
         assert!(parse_size("1 parsec").is_err());
         let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
         assert!(no_upstream.is_err());
+    }
+
+    #[test]
+    fn access_files_tls_pair_and_empty_paths() {
+        let file: FileConfig = toml::from_str(
+            "upstream = \"host=a\"\ndata_dir = \"/d\"\ntls_cert = \"/c.crt\"\ntls_key = \"\"\nhba_file = \"/h\"\nauth_file = \"\"\n",
+        )
+        .unwrap();
+        let e = RelayConfig::build(file.clone(), Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--tls-cert is set but --tls-key is not: give both or neither"
+        );
+        let over = Overrides {
+            tls_key: Some("/k.key".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file, over).unwrap();
+        assert_eq!(
+            c.access,
+            AccessFiles {
+                tls: Some(("/c.crt".into(), "/k.key".into())),
+                hba_file: Some("/h".into()),
+                auth_file: None,
+            }
+        );
     }
 }

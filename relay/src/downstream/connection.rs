@@ -1,14 +1,13 @@
 //! The framed connection to one downstream client, on [`crate::wire`]: the read side (a
 //! cancel-safe message reader, handed to a walsender's reply task while it streams) and the
-//! write side with the output buffer that encoders append to. This is where TLS goes when
-//! downstream TLS arrives (a [`Stream::Tls`] before the split): nothing above it sees the
-//! socket.
+//! write side with the output buffer that encoders append to. The startup phase runs on a
+//! whole [`Framed`] (plain, or TLS after an SSLRequest or direct TLS) and then becomes a
+//! [`Conn`] ([`Conn::from_framed`]): nothing above it sees the socket.
 //!
 //! Invariant: what is encoded into [`Conn::out`] goes to the client only through
 //! [`Conn::flush`], whole and in order.
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::error::SessionEnd;
 use crate::proto::backend;
@@ -17,7 +16,7 @@ use crate::wire::{Framed, MsgReader, MsgWriter, ReadHalf, Stream, WriteHalf};
 
 /// Read-buffer step: client messages are small (replies, commands), so connections stay
 /// cheap; a larger message grows the buffer as it arrives.
-const READ_CHUNK: usize = 8192;
+pub const READ_CHUNK: usize = 8192;
 /// Initial room in the output buffer (one `w` message of 128 KiB grows it once).
 const OUT_CAPACITY: usize = 8192;
 
@@ -29,8 +28,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(socket: TcpStream) -> Self {
-        let mut framed = Framed::new(Stream::Plain(socket), READ_CHUNK);
+    /// A connection over `stream`, before anything was read.
+    pub fn new(stream: Stream) -> Self {
+        Conn::from_framed(Framed::new(stream, READ_CHUNK))
+    }
+
+    /// The connection after its startup phase (bytes already read or queued stay).
+    pub fn from_framed(mut framed: Framed) -> Self {
         framed.out().reserve(OUT_CAPACITY);
         let (rd, wr) = framed.into_split();
         Conn { rd: Some(rd), wr }

@@ -1,14 +1,17 @@
 //! What every downstream session shares: the store, the registry of connected replicas, the
-//! shutdown token, and the source of BackendKeyData pids.
+//! shutdown token, the source of BackendKeyData pids, and the access rules (hba rules, users,
+//! TLS identity), which a session reads once, when it starts ([`Context::access`]), so that a
+//! reload ([`Context::set_access`]) applies to new connections only.
 //!
 //! Nothing here decides what may be served: that is the store's servable end
 //! ([`crate::store::servable`]), read through [`Context::store`].
 
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Access;
 use crate::lag::Registry;
 use crate::store::Store;
 
@@ -18,6 +21,7 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
     next_pid: AtomicI32,
+    access: RwLock<Arc<Access>>,
 }
 
 impl Context {
@@ -31,6 +35,30 @@ impl Context {
             registry,
             cancel,
             next_pid: AtomicI32::new(seed.max(1000)),
+            access: RwLock::new(Arc::new(Access::loopback_default())),
+        }
+    }
+
+    /// The same context with these access rules (the default: loopback trusted, no TLS).
+    pub fn with_access(self, access: Access) -> Self {
+        self.set_access(access);
+        self
+    }
+
+    /// The access rules for a new connection.
+    pub fn access(&self) -> Arc<Access> {
+        match self.access.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the access rules for connections that start from now on (a reload).
+    pub fn set_access(&self, access: Access) {
+        let access = Arc::new(access);
+        match self.access.write() {
+            Ok(mut a) => *a = access,
+            Err(poisoned) => *poisoned.into_inner() = access,
         }
     }
 
