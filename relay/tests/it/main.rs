@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod access;
 mod bad_clients;
 mod crash;
 mod dashboard_metrics;
