@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::harness::pg::psql;
 use crate::harness::tls::TestCerts;
+use crate::harness::wire::{send_raw, RawOutcome};
 use crate::harness::{workload, PgCluster, Relay, Topology};
 
 const HBA: &str = "\
@@ -234,6 +235,24 @@ fn access_tls_scram_standby_psql_and_refusals() {
         "direct TLS without ALPN"
     );
     relay.wait_for_log("received direct SSL connection request without ALPN");
+
+    // Bytes after an SSLRequest, before the handshake, are refused (CVE-2021-23214); a
+    // GSSENCRequest is still answered N.
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut smuggled = ssl_request.to_vec();
+    smuggled.extend_from_slice(&[0, 0, 0, 8, 0, 3, 0, 0]);
+    match send_raw(relay.port(), &smuggled).unwrap() {
+        RawOutcome::Error(e) => {
+            assert_eq!(e.code(), "08P01", "{e}");
+            assert_eq!(e.message(), "received unencrypted data after SSL request");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let gssenc_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+    match send_raw(relay.port(), &gssenc_request).unwrap() {
+        RawOutcome::Other(reply) => assert_eq!(reply, b"N"),
+        other => panic!("expected N, got {other:?}"),
+    }
 
     // The standby streamed throughout; no password or verifier ever reached the log.
     workload::insert_rows(&primary, 301..=320);
