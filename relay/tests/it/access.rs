@@ -312,3 +312,59 @@ fn direct_tls(port: u16, ca: &Path, alpn: bool, user: &str) -> Option<u8> {
         _ => None,
     }
 }
+
+/// The same rules and clients against PostgreSQL itself: the texts the relay test expects are
+/// PostgreSQL's own.
+#[test]
+fn harness_selfcheck_access_refusals() {
+    let certs = TestCerts::new();
+    let mut pg = PgCluster::init_primary("pg_access");
+    pg.psql("create role rep login replication password 's3cretpw'");
+    pg.psql("create role bad login replication password 'x'");
+    pg.write_hba(&format!(
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\n{HBA}"
+    ));
+    pg.enable_ssl(&certs);
+    let ci = |rest: &str| {
+        format!(
+            "host=127.0.0.1 port={} replication=true connect_timeout=20 {rest}",
+            pg.port()
+        )
+    };
+    let out = psql(
+        &ci("user=rep password=s3cretpw sslmode=require channel_binding=require"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap();
+    assert!(
+        out.starts_with(&format!("{}|", pg.system_identifier())),
+        "{out}"
+    );
+    let e = psql(
+        &ci("user=rep password=wrong sslmode=require"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"rep\""),
+        "{e}"
+    );
+    let e = psql(
+        &ci("user=bad password=x sslmode=require"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("pg_hba.conf rejects replication connection for host \"127.0.0.1\", user \"bad\", SSL encryption"),
+        "{e}"
+    );
+    let e = psql(
+        &ci("user=rep password=s3cretpw sslmode=disable"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("no pg_hba.conf entry for replication connection from host \"127.0.0.1\", user \"rep\", no encryption"),
+        "{e}"
+    );
+}
