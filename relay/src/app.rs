@@ -3,7 +3,8 @@
 //!
 //! Startup order: lock and recover the store, bind the listeners (so a port conflict fails
 //! fast), start the writer thread, the upstream supervisor, the downstream listener and the HTTP
-//! endpoint, then tell systemd READY. Shutdown: cancel, let tasks end, drop the writer's last
+//! endpoint, and the systemd task that sends READY=1 once the upstream streams (`service.rs`).
+//! Shutdown: cancel, let tasks end, drop the writer's last
 //! sender so it fsyncs and saves its state. Durability never depends on this path: a `kill -9`
 //! is recovered from at the next start.
 
@@ -21,6 +22,7 @@ use crate::downstream;
 use crate::failover::{FailoverStatus, FailoverWatcher};
 use crate::http::{self, HttpState};
 use crate::lag::Registry;
+use crate::service;
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
@@ -64,6 +66,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         },
         cancel.clone(),
     ));
+    service::notify_status("connecting to upstream");
     let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
     if !cfg.failover_standbys.is_empty() {
         info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
@@ -88,6 +91,11 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         downstream::serve(listener, ctx, tracker.clone())
             .instrument(tracing::info_span!("listener", listen = %cfg.listen)),
     );
+    tracker.spawn(service::readiness(
+        upstream_state.clone(),
+        (!cfg.failover_standbys.is_empty()).then(|| failover_status.clone()),
+        cancel.clone(),
+    ));
     tracker.spawn(
         http::serve(
             http_listener,
@@ -115,10 +123,9 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("retention")),
     );
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     wait_for_signal().await;
     info!("shutting down");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    service::notify_stopping();
     cancel.cancel();
     tracker.close();
     tracker.wait().await;

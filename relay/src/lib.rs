@@ -17,6 +17,7 @@ pub mod failover;
 pub mod http;
 pub mod lag;
 pub mod proto;
+pub mod service;
 pub mod store;
 pub mod upstream;
 pub mod wal;
