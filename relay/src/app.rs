@@ -52,6 +52,15 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     let upstream_state = Arc::new(UpstreamState::default());
 
     let (writer_handle, writer_thread) = writer::spawn(store.clone());
+    let accept_beat = Arc::new(service::Heartbeat::default());
+    if let Some(interval) = service::watchdog_interval() {
+        tracker.spawn(service::watchdog(
+            interval,
+            writer_handle.clone(),
+            accept_beat.clone(),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(upstream::supervise(
         upstream::session::Upstream {
             cfg: UpstreamConfig {
@@ -88,7 +97,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     tracker.spawn(
-        downstream::serve(listener, ctx, tracker.clone())
+        downstream::serve(listener, ctx, tracker.clone(), accept_beat)
             .instrument(tracing::info_span!("listener", listen = %cfg.listen)),
     );
     tracker.spawn(service::readiness(

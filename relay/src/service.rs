@@ -1,5 +1,6 @@
 //! Running under systemd (`Type=notify`): `READY=1` once the relay streams from its upstream
-//! and serves, `STATUS=` lines that say what it is doing, and (step by step) the watchdog.
+//! and serves, `STATUS=` lines that say what it is doing, and `WATCHDOG=1` pings tied to the
+//! progress of the WAL writer thread and the downstream accept loop.
 //!
 //! Every notification is best effort: without `NOTIFY_SOCKET` (not under systemd) `sd_notify`
 //! does nothing, and a failed send is never a reason to stop relaying WAL.
@@ -9,13 +10,24 @@
 //! ([`crate::upstream::UpstreamStatus::connected`]). `READY=1` is sent once; afterwards only
 //! `STATUS=` follows the upstream (reconnecting, streaming again, holding for a failover
 //! candidate).
+//!
+//! Watchdog (`WatchdogSec=`, systemd sets `WATCHDOG_USEC`): every half interval the task asks
+//! the writer thread and the accept loop for a heartbeat (a probe each answers when it gets to
+//! it) and pings only if both answered the previous probe. An idle primary costs nothing: the
+//! writer answers a probe at once when it has nothing queued. A writer blocked in a write or an
+//! fsync (a frozen disk) answers no probe, so the pings stop and systemd restarts the relay. A
+//! disk that fails outright is not a wedge: the writer reports the error (`/readyz`, `STATUS=`)
+//! and keeps answering.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::failover::{CandidateState, FailoverStatus};
+use crate::store::writer::WriterHandle;
 use crate::upstream::{UpstreamState, UpstreamStatus};
 
 /// How long a `STATUS=` text may be (systemd shows one line).
@@ -126,6 +138,102 @@ pub async fn readiness(
             _ = tokio::time::sleep(DEBOUNCE) => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+/// A loop's sign of life for the watchdog: [`Heartbeat::probe`] asks, the loop answers with
+/// [`Heartbeat::beat`] when it next gets to [`Heartbeat::probed`].
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    beats: AtomicU64,
+    probe: Notify,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a beat (kept until the loop takes it).
+    pub fn probe(&self) {
+        self.probe.notify_one();
+    }
+
+    /// Completes once asked.
+    pub async fn probed(&self) {
+        self.probe.notified().await;
+    }
+}
+
+/// The watchdog interval systemd asks this process for, as `sd_watchdog_enabled` reads it:
+/// `WATCHDOG_USEC`, with `WATCHDOG_PID` unset or this process's pid.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    let enabled = sd_notify::watchdog_enabled(false, &mut usec)
+        || (std::env::var_os("WATCHDOG_PID").is_none()
+            && std::env::var("WATCHDOG_USEC")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|v| {
+                    usec = v;
+                    true
+                }));
+    (enabled && usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Pings `WATCHDOG=1` every half `interval` while both the writer and the accept loop answer
+/// their probes. Ends when cancelled.
+pub async fn watchdog(
+    interval: Duration,
+    writer: WriterHandle,
+    accept: Arc<Heartbeat>,
+    cancel: CancellationToken,
+) {
+    let period = interval / 2;
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        "systemd watchdog enabled: pinging while the WAL writer and the accept loop make progress"
+    );
+    let mut last = (writer.beats(), accept.count());
+    writer.probe();
+    accept.probe();
+    let mut stalled: Option<&str> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let now = (writer.beats(), accept.count());
+        let stuck = if now.0 == last.0 {
+            Some("WAL writer")
+        } else if now.1 == last.1 {
+            Some("downstream accept loop")
+        } else {
+            None
+        };
+        match stuck {
+            None => {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                if let Some(what) = stalled.take() {
+                    tracing::info!("watchdog: the {what} makes progress again; pinging systemd");
+                }
+            }
+            Some(what) if stalled != Some(what) => {
+                tracing::warn!(
+                    "watchdog: the {what} made no progress for {}ms; not pinging systemd (it restarts the relay at WatchdogSec)",
+                    period.as_millis()
+                );
+                stalled = Some(what);
+            }
+            Some(_) => {}
+        }
+        last = now;
+        writer.probe();
+        accept.probe();
     }
 }
 
