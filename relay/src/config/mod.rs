@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub wal_keep_size: Option<String>,
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
+    /// Which log lines are written, in `RUST_LOG` syntax (`info`, `walrelay=debug,info`).
+    pub log_filter: Option<String>,
 }
 
 impl FileConfig {
@@ -60,6 +62,34 @@ pub struct Overrides {
     pub failover_standby: Vec<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
+    pub log_format: Option<String>,
+    pub log_filter: Option<String>,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (see `crate::logging`).
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> anyhow::Result<LogFormat> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("invalid log_format \"{other}\": expected \"text\" or \"json\""),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -82,6 +112,23 @@ pub struct RelayConfig {
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
+    pub log_format: LogFormat,
+    /// `log_filter` as configured (flag, env or file); `None`: `RUST_LOG`, else `info`.
+    pub log_filter: Option<String>,
+}
+
+impl RelayConfig {
+    /// The log filter in force: `log_filter` as configured, else `RUST_LOG`, else `info`.
+    pub fn effective_log_filter(&self) -> String {
+        self.log_filter
+            .clone()
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| "info".into())
+    }
 }
 
 impl RelayConfig {
@@ -131,6 +178,16 @@ impl RelayConfig {
                     .with_context(|| format!("invalid max_slot_wal_keep_size \"{m}\""))?,
                 None => None,
             };
+        let log_format = match over.log_format.or(file.log_format) {
+            Some(f) => LogFormat::parse(&f)?,
+            None => LogFormat::default(),
+        };
+        let log_filter = over.log_filter.or(file.log_filter);
+        if let Some(f) = &log_filter {
+            tracing_subscriber::EnvFilter::builder()
+                .parse(f)
+                .with_context(|| format!("invalid log_filter \"{f}\""))?;
+        }
         Ok(RelayConfig {
             upstream,
             slot,
@@ -143,6 +200,8 @@ impl RelayConfig {
                 wal_keep_size,
                 max_slot_wal_keep_size,
             },
+            log_format,
+            log_filter,
         })
     }
 }
@@ -217,5 +276,17 @@ mod tests {
         assert!(parse_size("1 parsec").is_err());
         let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
         assert!(no_upstream.is_err());
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let with = |extra: &str| {
+            RelayConfig::build(
+                toml::from_str(&format!("{base}{extra}")).unwrap(),
+                Overrides::default(),
+            )
+        };
+        assert!(with("log_format = \"xml\"\n").is_err());
+        assert!(with("log_filter = \"walrelay=verbose\"\n").is_err());
+        let c = with("log_format = \"json\"\nlog_filter = \"walrelay=debug,info\"\n").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.effective_log_filter(), "walrelay=debug,info");
     }
 }
