@@ -251,3 +251,84 @@ fn log_format_from_the_config_file() {
         );
     }
 }
+
+/// `fsfreeze -f` on a mount point until dropped (declare it after the relay, so that it thaws
+/// before the relay is killed and the file system unmounted).
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn new(mnt: &std::path::Path) -> Frozen {
+        let out = os::run_ok(
+            std::process::Command::new("fsfreeze").arg("-f").arg(mnt),
+            crate::harness::WAIT,
+        );
+        assert!(out.status.success(), "fsfreeze -f: {out:?}");
+        Frozen(mnt.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A writer wedged in a write or an fsync (the data directory's file system frozen) stops the
+/// watchdog pings, and they resume once the disk thaws and WAL is stored again.
+#[test]
+fn watchdog_stops_while_the_writer_is_wedged() {
+    // Declared first so that it is dropped last, after the relay using it has been killed.
+    let fs = match crate::harness::crash::SmallFs::new(128) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED watchdog_stops_while_the_writer_is_wedged: cannot loop-mount a small \
+                 file system ({why}); it needs root and loop devices"
+            );
+            return;
+        }
+    };
+    let data = fs.path().join("relaydata");
+    std::fs::create_dir(&data).expect("create the relay's data dir on the small file system");
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut sock = NotifySocket::new();
+    let env = sock.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut relay = Relay::start_in_with_env(&data, &primary.conninfo(), "relay", &[], &env);
+    sock.wait_for("READY=1");
+    relay.wait_ready();
+    let before = sock.count("WATCHDOG=1");
+    sock.drain(Duration::from_secs(2));
+    assert!(sock.count("WATCHDOG=1") > before, "{:?}", sock.seen);
+
+    let frozen = Frozen::new(&fs.path());
+    // WAL arrives; the writer's write or fsync blocks on the frozen file system.
+    workload::insert_rows(&primary, 1..=5000);
+    wait_until("the watchdog pings to stop", || {
+        let before = sock.count("WATCHDOG=1");
+        sock.drain(Duration::from_secs(3));
+        let pings = sock.count("WATCHDOG=1") - before;
+        if pings == 0 {
+            Ok(())
+        } else {
+            Err(format!("{pings} pings in 3s"))
+        }
+    });
+    relay.wait_for_log("watchdog: the WAL writer made no progress");
+    relay.assert_running();
+
+    drop(frozen);
+    relay.wait_flushed(primary.flush_lsn());
+    let before = sock.count("WATCHDOG=1");
+    sock.drain(Duration::from_secs(2));
+    assert!(
+        sock.count("WATCHDOG=1") > before,
+        "no pings after the thaw: {:?}",
+        sock.seen
+    );
+    relay.wait_for_log("makes progress again; pinging systemd");
+}

@@ -412,6 +412,26 @@ impl Relay {
         Relay::spawn_in(dir, upstream, Some(slot), extra_args)
     }
 
+    /// [`Relay::start_in`] with further environment variables (see [`Relay::start_with_env`]).
+    pub fn start_in_with_env(
+        data_dir: &Path,
+        upstream: &str,
+        slot: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let dir = TestDir::new("relay");
+        std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
+            .expect("symlink the relay's data dir");
+        let mut relay = Relay::new_in(dir, upstream, Some(slot), extra_args);
+        relay.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        relay.spawn();
+        relay
+    }
+
     /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code
     /// and stderr.
     pub fn verify(&self) -> (i32, String) {
