@@ -80,9 +80,13 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub max_slot_wal_keep_size: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "WALRELAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Which log lines are written, RUST_LOG syntax (e.g. walrelay=debug,info) [default:
+    /// RUST_LOG, else info]. The config file's value is re-read on SIGHUP.
+    #[arg(long, env = "WALRELAY_LOG_FILTER")]
+    pub log_filter: Option<String>,
     /// PEM certificate (chain, leaf first) for downstream TLS; needs --tls-key.
     #[arg(long, env = "WALRELAY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub hba_file: Option<PathBuf>,
     /// Downstream users and SCRAM verifiers; an empty string is unset.
     pub auth_file: Option<PathBuf>,
+    /// Which log lines are written, in `RUST_LOG` syntax (`info`, `walrelay=debug,info`).
+    pub log_filter: Option<String>,
 }
 
 impl FileConfig {
@@ -72,6 +74,34 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub hba_file: Option<PathBuf>,
     pub auth_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_filter: Option<String>,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (see `crate::logging`).
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> anyhow::Result<LogFormat> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("invalid log_format \"{other}\": expected \"text\" or \"json\""),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The files of downstream access control, as configured (loaded by
@@ -105,6 +135,23 @@ pub struct RelayConfig {
     pub application_name: String,
     pub retention: Retention,
     pub access: AccessFiles,
+    pub log_format: LogFormat,
+    /// `log_filter` as configured (flag, env or file); `None`: `RUST_LOG`, else `info`.
+    pub log_filter: Option<String>,
+}
+
+impl RelayConfig {
+    /// The log filter in force: `log_filter` as configured, else `RUST_LOG`, else `info`.
+    pub fn effective_log_filter(&self) -> String {
+        self.log_filter
+            .clone()
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| "info".into())
+    }
 }
 
 impl RelayConfig {
@@ -173,6 +220,16 @@ impl RelayConfig {
             hba_file: set(over.hba_file.or(file.hba_file)),
             auth_file: set(over.auth_file.or(file.auth_file)),
         };
+        let log_format = match over.log_format.or(file.log_format) {
+            Some(f) => LogFormat::parse(&f)?,
+            None => LogFormat::default(),
+        };
+        let log_filter = over.log_filter.or(file.log_filter);
+        if let Some(f) = &log_filter {
+            tracing_subscriber::EnvFilter::builder()
+                .parse(f)
+                .with_context(|| format!("invalid log_filter \"{f}\""))?;
+        }
         Ok(RelayConfig {
             upstream,
             slot,
@@ -186,6 +243,8 @@ impl RelayConfig {
                 max_slot_wal_keep_size,
             },
             access,
+            log_format,
+            log_filter,
         })
     }
 }
@@ -260,6 +319,18 @@ mod tests {
         assert!(parse_size("1 parsec").is_err());
         let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
         assert!(no_upstream.is_err());
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let with = |extra: &str| {
+            RelayConfig::build(
+                toml::from_str(&format!("{base}{extra}")).unwrap(),
+                Overrides::default(),
+            )
+        };
+        assert!(with("log_format = \"xml\"\n").is_err());
+        assert!(with("log_filter = \"walrelay=verbose\"\n").is_err());
+        let c = with("log_format = \"json\"\nlog_filter = \"walrelay=debug,info\"\n").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.effective_log_filter(), "walrelay=debug,info");
     }
 
     #[test]

@@ -63,6 +63,14 @@ impl Access {
         }
     }
 
+    /// Loads the configured files again (SIGHUP), keeping this process's mock-salt key so an
+    /// unknown user's salt does not change with a reload.
+    pub fn reload(&self, files: &AccessFiles) -> anyhow::Result<Access> {
+        let mut access = Access::load(files)?;
+        access.mock = self.mock.clone();
+        Ok(access)
+    }
+
     /// Loads the configured files; each error names its file. Warnings (ignored hba lines,
     /// users that cannot log in, `hostssl` lines without TLS) are logged.
     pub fn load(files: &AccessFiles) -> anyhow::Result<Access> {

@@ -22,6 +22,7 @@ mod fanout;
 mod lag;
 mod lifecycle;
 mod restart;
+mod service;
 mod status_cli;
 mod streaming;
 mod upstream_connection;
