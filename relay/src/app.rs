@@ -3,7 +3,8 @@
 //!
 //! Startup order: lock and recover the store, bind the listeners (so a port conflict fails
 //! fast), start the writer thread, the upstream supervisor, the downstream listener and the HTTP
-//! endpoint, then tell systemd READY. Shutdown: cancel, let tasks end, drop the writer's last
+//! endpoint, and the systemd task that sends READY=1 once the upstream streams (`service.rs`).
+//! Shutdown: cancel, let tasks end, drop the writer's last
 //! sender so it fsyncs and saves its state. Durability never depends on this path: a `kill -9`
 //! is recovered from at the next start.
 
@@ -21,15 +22,25 @@ use crate::downstream;
 use crate::failover::{FailoverStatus, FailoverWatcher};
 use crate::http::{self, HttpState};
 use crate::lag::Registry;
+use crate::logging::LogHandle;
+use crate::reload::{ConfigSource, Reloader};
+use crate::service;
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
 
-pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: RelayConfig,
+    source: ConfigSource,
+    log: Option<LogHandle>,
+) -> anyhow::Result<()> {
+    // Before anything else: SIGHUP's default action ends the process.
+    let signals = Signals::install();
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .context("install metrics recorder")?;
     describe_metrics();
+    let access = downstream::auth::Access::load(&cfg.access)?;
 
     let store = Store::open(&cfg.data_dir)
         .with_context(|| format!("open data directory {}", cfg.data_dir.display()))?;
@@ -50,6 +61,15 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     let upstream_state = Arc::new(UpstreamState::default());
 
     let (writer_handle, writer_thread) = writer::spawn(store.clone());
+    let accept_beat = Arc::new(service::Heartbeat::default());
+    if let Some(interval) = service::watchdog_interval() {
+        tracker.spawn(service::watchdog(
+            interval,
+            writer_handle.clone(),
+            accept_beat.clone(),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(upstream::supervise(
         upstream::session::Upstream {
             cfg: UpstreamConfig {
@@ -64,6 +84,7 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         },
         cancel.clone(),
     ));
+    service::notify_status("connecting to upstream");
     let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
     if !cfg.failover_standbys.is_empty() {
         info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
@@ -81,12 +102,18 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     }
     let ctx = Arc::new(
         downstream::Context::new(store.clone(), registry.clone(), cancel.clone())
+            .with_access(access)
             .with_limits(cfg.limits),
     );
     tracker.spawn(
-        downstream::serve(listener, ctx, tracker.clone())
+        downstream::serve(listener, ctx.clone(), tracker.clone(), accept_beat)
             .instrument(tracing::info_span!("listener", listen = %cfg.listen)),
     );
+    tracker.spawn(service::readiness(
+        upstream_state.clone(),
+        (!cfg.failover_standbys.is_empty()).then(|| failover_status.clone()),
+        cancel.clone(),
+    ));
     tracker.spawn(
         http::serve(
             http_listener,
@@ -102,22 +129,22 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
         .instrument(tracing::info_span!("http", listen = %cfg.http)),
     );
 
+    let (retention_tx, retention_rx) = tokio::sync::watch::channel(cfg.retention);
     tracker.spawn(
-        retention_task(
-            store.clone(),
-            RetentionConfig {
-                wal_keep_size: cfg.retention.wal_keep_size,
-                max_slot_wal_keep_size: cfg.retention.max_slot_wal_keep_size,
-            },
-            cancel.clone(),
-        )
-        .instrument(tracing::info_span!("retention")),
+        retention_task(store.clone(), retention_rx, cancel.clone())
+            .instrument(tracing::info_span!("retention")),
     );
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    wait_for_signal().await;
+    let mut reloader = Reloader {
+        source,
+        running: cfg,
+        retention: retention_tx,
+        log: log.map(Arc::new),
+        downstream: Some(ctx),
+    };
+    signals.wait(|| reloader.reload()).await;
     info!("shutting down");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    service::notify_stopping();
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
@@ -128,14 +155,25 @@ pub async fn run(cfg: RelayConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes WAL no slot and no `wal_keep_size` needs, every few seconds.
-async fn retention_task(store: Arc<Store>, cfg: RetentionConfig, cancel: CancellationToken) {
+/// Removes WAL no slot and no `wal_keep_size` needs, every few seconds, and at once when a
+/// reload changes the settings.
+async fn retention_task(
+    store: Arc<Store>,
+    mut settings: tokio::sync::watch::Receiver<crate::config::Retention>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            r = settings.changed() => if r.is_err() { return },
             _ = cancel.cancelled() => return,
         }
+        let r = *settings.borrow_and_update();
+        let cfg = RetentionConfig {
+            wal_keep_size: r.wal_keep_size,
+            max_slot_wal_keep_size: r.max_slot_wal_keep_size,
+        };
         let s = store.clone();
         match tokio::task::spawn_blocking(move || retention::apply(&s, cfg)).await {
             Ok(Ok(_)) => {}
@@ -208,18 +246,45 @@ fn describe_metrics() {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install SIGTERM handler: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM / Ctrl-C end the relay; SIGHUP reloads. Installed first thing in [`run`].
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| tracing::error!("cannot install SIGTERM handler: {e}"))
+            .ok();
+        let hup = signal(SignalKind::hangup())
+            .map_err(|e| tracing::error!("cannot install SIGHUP handler: {e}"))
+            .ok();
+        Signals { term, hup }
+    }
+
+    /// Returns at SIGTERM or Ctrl-C; runs `on_hup` at each SIGHUP meanwhile.
+    async fn wait(mut self, mut on_hup: impl FnMut()) {
+        loop {
+            tokio::select! {
+                _ = recv(&mut self.term) => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = recv(&mut self.hup) => on_hup(),
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The next signal of `s`; never, without a handler (or once its stream ended).
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(sig) => {
+            if sig.recv().await.is_none() {
+                *s = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -23,7 +23,7 @@ pub enum Command {
     /// Read a password on stdin and print its SCRAM-SHA-256 verifier (pg_authid.rolpassword
     /// format), for the relay's downstream users.
     Passwd {
-        /// The user name (printed alongside, for pasting into the config file).
+        /// The user name: print one --auth-file line (`"name" "SCRAM-SHA-256$…"`).
         #[arg(long)]
         user: Option<String>,
     },
@@ -80,9 +80,25 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub max_slot_wal_keep_size: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "WALRELAY_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "WALRELAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Which log lines are written, RUST_LOG syntax (e.g. walrelay=debug,info) [default:
+    /// RUST_LOG, else info]. The config file's value is re-read on SIGHUP.
+    #[arg(long, env = "WALRELAY_LOG_FILTER")]
+    pub log_filter: Option<String>,
+    /// PEM certificate (chain, leaf first) for downstream TLS; needs --tls-key.
+    #[arg(long, env = "WALRELAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (mode 0600, or 0640 owned by root).
+    #[arg(long, env = "WALRELAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Downstream rules in pg_hba.conf syntax [default: loopback trusted, others refused].
+    #[arg(long, env = "WALRELAY_HBA_FILE")]
+    pub hba_file: Option<PathBuf>,
+    /// Downstream users and SCRAM verifiers, PgBouncer userlist.txt format.
+    #[arg(long, env = "WALRELAY_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
     /// Most downstream connections at once; past it `53300 sorry, too many clients already`
     /// [default: 100].
     #[arg(long, env = "WALRELAY_MAX_CONNECTIONS")]

@@ -5,30 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use walrelay::cli::{Cli, Command};
 use walrelay::config::{FileConfig, Overrides, RelayConfig};
-
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr without timestamps or colours when journald captures them.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    if format == "json" {
-        b.json().init();
-    } else if journald {
-        b.without_time().init();
-    } else {
-        b.init();
-    }
-}
+use walrelay::reload::ConfigSource;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            init_logging(&args.log_format);
             let file = match &args.config {
                 Some(p) => match FileConfig::load(p) {
                     Ok(f) => f,
@@ -48,9 +30,24 @@ fn main() -> ExitCode {
                 max_connections: args.max_connections,
                 authentication_timeout: args.authentication_timeout,
                 wal_sender_timeout: args.wal_sender_timeout,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                hba_file: args.hba_file,
+                auth_file: args.auth_file,
+                log_format: args.log_format,
+                log_filter: args.log_filter,
+            };
+            let source = ConfigSource {
+                path: args.config.clone(),
+                overrides: over.clone(),
             };
             let cfg = match RelayConfig::build(file, over) {
                 Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            // Configuration errors above go to stderr as they are; from here on, the logger.
+            let log = match walrelay::logging::init(cfg.log_format, &cfg.effective_log_filter()) {
+                Ok(l) => l,
                 Err(e) => return fail(e),
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +57,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e.into()),
             };
-            match rt.block_on(walrelay::app::run(cfg)) {
+            match rt.block_on(walrelay::app::run(cfg, source, Some(log))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

@@ -178,3 +178,27 @@ fn example_config_documents_default_flag_and_env_of_every_key() {
         );
     }
 }
+
+#[test]
+fn check_config_loads_the_access_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let hba = dir.path().join("hba.conf");
+    std::fs::write(&hba, "host replication all 10.0.0.0/8 ldap\n").unwrap();
+    let path = dir.path().join("access.toml");
+    let text = example_text().replacen(
+        "\nhba_file = \"\"",
+        &format!("\nhba_file = \"{}\"", hba.display()),
+        1,
+    );
+    assert!(text.contains(&hba.display().to_string()));
+    std::fs::write(&path, text).unwrap();
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok, "check-config accepted a broken hba file");
+    assert!(
+        stderr.contains(&format!(
+            "invalid authentication method \"ldap\": not supported by this build (line 1 of configuration file \"{}\")",
+            hba.display()
+        )),
+        "{stderr}"
+    );
+}

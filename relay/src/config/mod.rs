@@ -51,6 +51,16 @@ pub struct FileConfig {
     pub authentication_timeout: Option<String>,
     /// A duration, or `0` for off.
     pub wal_sender_timeout: Option<String>,
+    /// Downstream TLS certificate (PEM); an empty string is unset.
+    pub tls_cert: Option<PathBuf>,
+    /// Downstream TLS private key (PEM); an empty string is unset.
+    pub tls_key: Option<PathBuf>,
+    /// Downstream pg_hba.conf-syntax rules; an empty string is unset.
+    pub hba_file: Option<PathBuf>,
+    /// Downstream users and SCRAM verifiers; an empty string is unset.
+    pub auth_file: Option<PathBuf>,
+    /// Which log lines are written, in `RUST_LOG` syntax (`info`, `walrelay=debug,info`).
+    pub log_filter: Option<String>,
 }
 
 impl FileConfig {
@@ -75,6 +85,48 @@ pub struct Overrides {
     pub max_connections: Option<u32>,
     pub authentication_timeout: Option<String>,
     pub wal_sender_timeout: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub hba_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_filter: Option<String>,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (see `crate::logging`).
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> anyhow::Result<LogFormat> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("invalid log_format \"{other}\": expected \"text\" or \"json\""),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The files of downstream access control, as configured (loaded by
+/// `downstream::auth::Access::load` at startup). `None`: not set (an empty path is not set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFiles {
+    /// `--tls-cert` and `--tls-key`, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub hba_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -99,6 +151,24 @@ pub struct RelayConfig {
     pub retention: Retention,
     /// Limits on downstream connections.
     pub limits: Limits,
+    pub access: AccessFiles,
+    pub log_format: LogFormat,
+    /// `log_filter` as configured (flag, env or file); `None`: `RUST_LOG`, else `info`.
+    pub log_filter: Option<String>,
+}
+
+impl RelayConfig {
+    /// The log filter in force: `log_filter` as configured, else `RUST_LOG`, else `info`.
+    pub fn effective_log_filter(&self) -> String {
+        self.log_filter
+            .clone()
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| "info".into())
+    }
 }
 
 /// Limits on downstream connections (`max_connections`, …); `app` hands them to the
@@ -199,6 +269,35 @@ impl RelayConfig {
             authentication_timeout,
             wal_sender_timeout,
         };
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls = match (
+            set(over.tls_cert.or(file.tls_cert)),
+            set(over.tls_key.or(file.tls_key)),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                bail!("--tls-cert is set but --tls-key is not: give both or neither")
+            }
+            (None, Some(_)) => {
+                bail!("--tls-key is set but --tls-cert is not: give both or neither")
+            }
+        };
+        let access = AccessFiles {
+            tls,
+            hba_file: set(over.hba_file.or(file.hba_file)),
+            auth_file: set(over.auth_file.or(file.auth_file)),
+        };
+        let log_format = match over.log_format.or(file.log_format) {
+            Some(f) => LogFormat::parse(&f)?,
+            None => LogFormat::default(),
+        };
+        let log_filter = over.log_filter.or(file.log_filter);
+        if let Some(f) = &log_filter {
+            tracing_subscriber::EnvFilter::builder()
+                .parse(f)
+                .with_context(|| format!("invalid log_filter \"{f}\""))?;
+        }
         Ok(RelayConfig {
             upstream,
             slot,
@@ -212,6 +311,9 @@ impl RelayConfig {
                 max_slot_wal_keep_size,
             },
             limits,
+            access,
+            log_format,
+            log_filter,
         })
     }
 }
@@ -341,5 +443,43 @@ mod tests {
         assert!(parse_size("1 parsec").is_err());
         let no_upstream = RelayConfig::build(FileConfig::default(), Overrides::default());
         assert!(no_upstream.is_err());
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let with = |extra: &str| {
+            RelayConfig::build(
+                toml::from_str(&format!("{base}{extra}")).unwrap(),
+                Overrides::default(),
+            )
+        };
+        assert!(with("log_format = \"xml\"\n").is_err());
+        assert!(with("log_filter = \"walrelay=verbose\"\n").is_err());
+        let c = with("log_format = \"json\"\nlog_filter = \"walrelay=debug,info\"\n").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.effective_log_filter(), "walrelay=debug,info");
+    }
+
+    #[test]
+    fn access_files_tls_pair_and_empty_paths() {
+        let file: FileConfig = toml::from_str(
+            "upstream = \"host=a\"\ndata_dir = \"/d\"\ntls_cert = \"/c.crt\"\ntls_key = \"\"\nhba_file = \"/h\"\nauth_file = \"\"\n",
+        )
+        .unwrap();
+        let e = RelayConfig::build(file.clone(), Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--tls-cert is set but --tls-key is not: give both or neither"
+        );
+        let over = Overrides {
+            tls_key: Some("/k.key".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file, over).unwrap();
+        assert_eq!(
+            c.access,
+            AccessFiles {
+                tls: Some(("/c.crt".into(), "/k.key".into())),
+                hba_file: Some("/h".into()),
+                auth_file: None,
+            }
+        );
     }
 }

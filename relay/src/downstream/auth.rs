@@ -1,39 +1,258 @@
-//! Authentication of downstream clients: the room the access work (hba rules, SCRAM, TLS-only
-//! rules) fills.
+//! Authentication of downstream clients, on [`crate::access`]: the hba rules pick the method
+//! (`--hba-file`, default loopback trusted), SCRAM-SHA-256(-PLUS) checks the password against
+//! the `--auth-file` verifiers, and [`Access`] carries the TLS identity that the startup phase
+//! uses for SSLRequest and direct TLS.
 //!
-//! Today there is one rule: with no rules configured, loopback clients are trusted and
-//! everyone else is refused, in pg_hba.conf's words. The decision is taken after the startup
-//! packet and before the relay says anything about its own state (a refused client never
-//! learns whether the relay has reached its upstream), as PostgreSQL does.
+//! The decision is taken after the startup packet and before the relay says anything about its
+//! own state (a refused client never learns whether the relay has reached its upstream), as
+//! PostgreSQL does. Failures end the session with PostgreSQL's FATAL errors: 28000 from the
+//! hba rules, 28P01 for anything about the password; what only the server log may know (which
+//! check failed, the matching hba line) travels in [`SessionEnd::AuthFailed`]'s `log_detail`
+//! and is logged once, by the session. No password, verifier or proof is ever logged.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Conn;
 use super::error::SessionEnd;
-use crate::proto::error::{sqlstate, PgError};
+use crate::access::hba::{self, Decision, HbaRules};
+use crate::access::scram::{self, Binding, MockKey, ScramExchange, ScramFailure, Step};
+use crate::access::tls::ServerTls;
+use crate::access::users::UserList;
+use crate::config::AccessFiles;
+use crate::proto::backend;
+use crate::proto::RawMessage;
 
-/// Decides whether `user` from `peer` may connect. `Err` is the FATAL the client gets.
-pub fn authenticate(peer: SocketAddr, user: &str) -> Result<(), SessionEnd> {
-    if is_loopback(&peer) {
-        return Ok(());
-    }
-    Err(SessionEnd::Fatal(PgError::fatal(
-        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-        format!(
-            "no pg_hba.conf entry for replication connection from host \"{}\", user \"{}\", no encryption",
-            peer.ip(),
-            user
-        ),
-    )))
+/// The TLS identity, ready for handshakes.
+#[derive(Clone)]
+pub struct Tls {
+    pub server: ServerTls,
+    pub acceptor: TlsAcceptor,
 }
 
-/// Whether a peer address is loopback (trusted when no auth rules are configured).
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    match addr.ip() {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+impl Tls {
+    pub fn new(server: ServerTls) -> Tls {
+        Tls {
+            acceptor: TlsAcceptor::from(server.config()),
+            server,
         }
     }
+}
+
+/// Who may connect and how they prove it; one snapshot per connection.
+pub struct Access {
+    pub hba: HbaRules,
+    pub users: UserList,
+    pub tls: Option<Tls>,
+    /// The secret behind mock salts for unknown users (one per process).
+    pub mock: MockKey,
+}
+
+impl Access {
+    /// No files: loopback trusted, everyone else refused, no TLS.
+    pub fn loopback_default() -> Access {
+        Access {
+            hba: HbaRules::loopback_default(),
+            users: UserList::empty(),
+            tls: None,
+            mock: MockKey::random(),
+        }
+    }
+
+    /// Loads the configured files again (SIGHUP), keeping this process's mock-salt key so an
+    /// unknown user's salt does not change with a reload.
+    pub fn reload(&self, files: &AccessFiles) -> anyhow::Result<Access> {
+        let mut access = Access::load(files)?;
+        access.mock = self.mock.clone();
+        Ok(access)
+    }
+
+    /// Loads the configured files; each error names its file. Warnings (ignored hba lines,
+    /// users that cannot log in, `hostssl` lines without TLS) are logged.
+    pub fn load(files: &AccessFiles) -> anyhow::Result<Access> {
+        let tls = match &files.tls {
+            Some((cert, key)) => {
+                let server =
+                    ServerTls::load(cert, key).context("downstream TLS (--tls-cert, --tls-key)")?;
+                tracing::info!(cert = %cert.display(), key = %key.display(), channel_binding = matches!(server.binding(), Binding::Tls(_)), "downstream TLS enabled");
+                Some(Tls::new(server))
+            }
+            None => None,
+        };
+        let hba = match &files.hba_file {
+            Some(path) => {
+                let rules = HbaRules::load(path).context("--hba-file")?;
+                tracing::info!(file = %path.display(), rules = rules.len(), "downstream hba rules loaded");
+                rules
+            }
+            None => HbaRules::loopback_default(),
+        };
+        for w in hba
+            .warnings()
+            .iter()
+            .chain(&hba.tls_warnings(tls.is_some()))
+        {
+            tracing::warn!("{w}");
+        }
+        let users = match &files.auth_file {
+            Some(path) => {
+                let users = UserList::load(path).context("--auth-file")?;
+                tracing::info!(file = %path.display(), users = users.len(), "downstream users loaded");
+                users
+            }
+            None => UserList::empty(),
+        };
+        for w in users.warnings() {
+            tracing::warn!("{w}");
+        }
+        Ok(Access {
+            hba,
+            users,
+            tls,
+            mock: MockKey::random(),
+        })
+    }
+
+    /// What SCRAM may bind to on a connection that is (or is not) TLS.
+    pub fn binding(&self, tls: bool) -> Binding {
+        match (&self.tls, tls) {
+            (Some(t), true) => t.server.binding(),
+            (None, true) => Binding::TlsUnbound,
+            (_, false) => Binding::Plain,
+        }
+    }
+}
+
+/// What the connection looks like to the hba rules.
+pub struct Peer {
+    pub peer: IpAddr,
+    pub local: IpAddr,
+    pub tls: bool,
+}
+
+/// How the client proved who it is, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Trust,
+    ScramSha256,
+    ScramSha256Plus,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Trust => "trust",
+            Method::ScramSha256 => scram::SCRAM_SHA_256,
+            Method::ScramSha256Plus => scram::SCRAM_SHA_256_PLUS,
+        }
+    }
+}
+
+/// Runs PostgreSQL's `ClientAuthentication` for `user`: the hba decision, then for SCRAM the
+/// exchange. On success the caller sends AuthenticationOk (SASLFinal is already queued).
+pub async fn authenticate(
+    conn: &mut Conn,
+    access: &Arc<Access>,
+    who: &Peer,
+    user: &str,
+    cancel: &CancellationToken,
+) -> Result<Method, SessionEnd> {
+    let interfaces = if access.hba.uses_interfaces() {
+        hba::host_interfaces().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let client = hba::Client {
+        peer: who.peer,
+        local: who.local,
+        tls: who.tls,
+        user,
+        interfaces: &interfaces,
+    };
+    let decision = access.hba.decide(&client);
+    match decision {
+        Decision::Trust { .. } => Ok(Method::Trust),
+        Decision::Reject { .. } | Decision::NoMatch => match decision.refusal(&client) {
+            Some(e) => Err(SessionEnd::Fatal(e)),
+            None => Err(SessionEnd::ClientGone),
+        },
+        Decision::Scram { line } => {
+            let matched = access.hba.matched_line_detail(line);
+            let fail = |f: ScramFailure| {
+                let detail = [f.log_detail, matched.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                SessionEnd::AuthFailed {
+                    error: f.error,
+                    log_detail: (!detail.is_empty()).then_some(detail),
+                }
+            };
+            let bound = scram_exchange(conn, access, who.tls, user, cancel, fail).await?;
+            Ok(if bound {
+                Method::ScramSha256Plus
+            } else {
+                Method::ScramSha256
+            })
+        }
+    }
+}
+
+/// AuthenticationSASL, then the exchange; `Ok(channel bound)`.
+async fn scram_exchange(
+    conn: &mut Conn,
+    access: &Access,
+    tls: bool,
+    user: &str,
+    cancel: &CancellationToken,
+    fail: impl Fn(ScramFailure) -> SessionEnd,
+) -> Result<bool, SessionEnd> {
+    let binding = access.binding(tls);
+    backend::authentication_sasl(conn.out(), scram::mechanisms(&binding));
+    conn.flush().await?;
+    let first = sasl_response(conn, cancel).await?;
+    let (mut exchange, mut step) = ScramExchange::from_initial_response(
+        user,
+        access.users.lookup(user),
+        &access.mock,
+        binding,
+        &first.body,
+    )
+    .map_err(&fail)?;
+    loop {
+        match step {
+            Step::Continue(data) => {
+                backend::authentication_sasl_continue(conn.out(), &data);
+                conn.flush().await?;
+                let next = sasl_response(conn, cancel).await?;
+                step = exchange.step(Some(&next.body)).map_err(&fail)?;
+            }
+            Step::Success(data) => {
+                backend::authentication_sasl_final(conn.out(), &data);
+                return Ok(exchange.channel_bound());
+            }
+        }
+    }
+}
+
+/// The next `p` message (SASLInitialResponse or SASLResponse).
+async fn sasl_response(
+    conn: &mut Conn,
+    cancel: &CancellationToken,
+) -> Result<RawMessage, SessionEnd> {
+    let msg = tokio::select! {
+        m = conn.reader()?.read_message() => m?,
+        _ = cancel.cancelled() => return Err(SessionEnd::Shutdown),
+    };
+    if msg.tag != b'p' {
+        return Err(SessionEnd::Fatal(scram::unexpected_message(msg.tag)));
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -41,19 +260,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_is_trusted_others_refused() {
-        assert!(authenticate("127.0.0.1:5000".parse().unwrap(), "u").is_ok());
-        assert!(authenticate("[::1]:5000".parse().unwrap(), "u").is_ok());
-        assert!(authenticate("[::ffff:127.0.0.1]:5000".parse().unwrap(), "u").is_ok());
-        match authenticate("10.1.2.3:5000".parse().unwrap(), "rep") {
-            Err(SessionEnd::Fatal(e)) => {
-                assert_eq!(e.code, "28000");
-                assert_eq!(
-                    e.message,
-                    "no pg_hba.conf entry for replication connection from host \"10.1.2.3\", user \"rep\", no encryption"
-                );
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    fn default_access_trusts_loopback_only() {
+        let a = Access::loopback_default();
+        assert!(a.tls.is_none());
+        assert_eq!(a.binding(false), Binding::Plain);
+        let c = |peer: &str| hba::Client {
+            peer: peer.parse().unwrap(),
+            local: "127.0.0.1".parse().unwrap(),
+            tls: false,
+            user: "rep",
+            interfaces: &[],
+        };
+        assert!(matches!(
+            a.hba.decide(&c("127.0.0.1")),
+            Decision::Trust { .. }
+        ));
+        assert!(matches!(
+            a.hba.decide(&c("::ffff:127.0.0.1")),
+            Decision::Trust { .. }
+        ));
+        let far = c("10.1.2.3");
+        let e = a.hba.decide(&far).refusal(&far).unwrap();
+        assert_eq!(e.code, "28000");
+        assert_eq!(
+            e.message,
+            "no pg_hba.conf entry for replication connection from host \"10.1.2.3\", user \"rep\", no encryption"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hba = dir.path().join("hba.conf");
+        std::fs::write(&hba, "hostx replication all all trust\n").unwrap();
+        let files = AccessFiles {
+            hba_file: Some(hba.clone()),
+            ..Default::default()
+        };
+        let e = format!("{:#}", Access::load(&files).err().unwrap());
+        assert!(e.contains(&hba.display().to_string()), "{e}");
+        let files = AccessFiles {
+            auth_file: Some(dir.path().join("missing.txt")),
+            ..Default::default()
+        };
+        let e = format!("{:#}", Access::load(&files).err().unwrap());
+        assert!(e.contains("missing.txt"), "{e}");
+        let files = AccessFiles {
+            tls: Some((dir.path().join("no.crt"), dir.path().join("no.key"))),
+            ..Default::default()
+        };
+        let e = format!("{:#}", Access::load(&files).err().unwrap());
+        assert!(e.contains("no.crt") || e.contains("no.key"), "{e}");
     }
 }

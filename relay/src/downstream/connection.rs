@@ -1,14 +1,13 @@
 //! The framed connection to one downstream client, on [`crate::wire`]: the read side (a
 //! cancel-safe message reader, handed to a walsender's reply task while it streams) and the
-//! write side with the output buffer that encoders append to. This is where TLS goes when
-//! downstream TLS arrives (a [`Stream::Tls`] before the split): nothing above it sees the
-//! socket.
+//! write side with the output buffer that encoders append to. The startup phase runs on a
+//! whole [`Framed`] (plain, or TLS after an SSLRequest or direct TLS) and then becomes a
+//! [`Conn`] ([`Conn::from_framed`]): nothing above it sees the socket.
 //!
 //! Invariant: what is encoded into [`Conn::out`] goes to the client only through
 //! [`Conn::flush`], whole and in order.
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::error::SessionEnd;
 use crate::proto::backend;
@@ -17,7 +16,7 @@ use crate::wire::{Framed, MsgReader, MsgWriter, ReadHalf, Stream, WriteHalf};
 
 /// Read-buffer step: client messages are small (replies, commands), so connections stay
 /// cheap; a larger message grows the buffer as it arrives.
-const READ_CHUNK: usize = 8192;
+pub const READ_CHUNK: usize = 8192;
 /// Longest message a downstream client may send (length word included): replication commands
 /// are a few hundred bytes, a standby's reply 34, hot-standby feedback 21; PostgreSQL's limit for
 /// messages other than queries is 10000 bytes. Past it the client gets `08P01`.
@@ -33,8 +32,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(socket: TcpStream) -> Self {
-        let mut framed = Framed::new(Stream::Plain(socket), READ_CHUNK);
+    /// A connection over `stream`, before anything was read.
+    pub fn new(stream: Stream) -> Self {
+        Conn::from_framed(Framed::new(stream, READ_CHUNK))
+    }
+
+    /// The connection after its startup phase (bytes already read or queued stay).
+    pub fn from_framed(mut framed: Framed) -> Self {
         framed.out().reserve(OUT_CAPACITY);
         let (mut rd, wr) = framed.into_split();
         rd.set_max_message(MAX_CLIENT_MESSAGE);

@@ -1,15 +1,18 @@
 //! What every downstream session shares: the store, the registry of connected replicas, the
-//! shutdown token, and the source of BackendKeyData pids.
+//! shutdown token, the source of BackendKeyData pids, and the access rules (hba rules, users,
+//! TLS identity), which a session reads once, when it starts ([`Context::access`]), so that a
+//! reload ([`Context::set_access`]) applies to new connections only.
 //!
 //! Nothing here decides what may be served: that is the store's servable end
 //! ([`crate::store::servable`]), read through [`Context::store`].
 
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Access;
 pub use crate::config::Limits;
 use crate::lag::Registry;
 use crate::store::Store;
@@ -20,6 +23,7 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
     next_pid: AtomicI32,
+    access: RwLock<Arc<Access>>,
     pub limits: Limits,
     /// One permit per session, `max_connections` of them.
     connections: Arc<Semaphore>,
@@ -49,6 +53,7 @@ impl Context {
             registry,
             cancel,
             next_pid: AtomicI32::new(seed.max(1000)),
+            access: RwLock::new(Arc::new(Access::loopback_default())),
             limits: Limits::default(),
             connections: Arc::new(Semaphore::new(Limits::default().max_connections)),
             refusals: Arc::new(Semaphore::new(Limits::default().max_connections)),
@@ -71,6 +76,29 @@ impl Context {
             Admission::Refuse(p)
         } else {
             Admission::RefuseNow
+        }
+    }
+
+    /// The same context with these access rules (the default: loopback trusted, no TLS).
+    pub fn with_access(self, access: Access) -> Self {
+        self.set_access(access);
+        self
+    }
+
+    /// The access rules for a new connection.
+    pub fn access(&self) -> Arc<Access> {
+        match self.access.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the access rules for connections that start from now on (a reload).
+    pub fn set_access(&self, access: Access) {
+        let access = Arc::new(access);
+        match self.access.write() {
+            Ok(mut a) => *a = access,
+            Err(poisoned) => *poisoned.into_inner() = access,
         }
     }
 

@@ -34,6 +34,14 @@ pub enum SessionEnd {
     /// (already logged by the walsender).
     #[error("terminating walsender process due to replication timeout")]
     ReplicationTimeout,
+    /// Authentication failed: `error` goes to the client, `log_detail` (PostgreSQL's DETAIL
+    /// of the server log: which check failed, which hba line matched) only to the log. Never
+    /// holds a password or verifier.
+    #[error("{error}")]
+    AuthFailed {
+        error: PgError,
+        log_detail: Option<String>,
+    },
 }
 
 impl From<WireError> for SessionEnd {

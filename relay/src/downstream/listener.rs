@@ -13,12 +13,23 @@ use tokio_util::task::TaskTracker;
 use super::context::{Admission, Context};
 use super::error::too_many_clients;
 use super::session;
+use crate::service::Heartbeat;
 
-/// Accepts downstream connections until cancelled.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
+/// Accepts downstream connections until cancelled. Answers `beat`'s probes (the systemd
+/// watchdog's) between accepts, so a loop stuck anywhere stops the pings.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+    beat: Arc<Heartbeat>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = beat.probed() => {
+                beat.beat();
+                continue;
+            }
             _ = ctx.cancel.cancelled() => break,
         };
         match accepted {

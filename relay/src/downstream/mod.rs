@@ -10,7 +10,7 @@
 //! Files, bottom up, each importing only those below it:
 //! - [`error`]: how a session ends ([`SessionEnd`]) and store errors as SQLSTATEs;
 //! - [`context`]: what all sessions share; [`client`]: who the client is;
-//! - [`connection`]: the framed connection (TLS goes here); [`auth`]: who may connect;
+//! - [`connection`]: the framed connection; [`auth`]: who may connect (on [`crate::access`]);
 //! - [`walsender`]: the CopyBoth stream; [`commands`]: the replication commands;
 //! - [`session`]: startup and the command loop; [`listener`]: the accept loop.
 //!

@@ -1,4 +1,5 @@
-//! One downstream session: startup packet negotiation, authentication (through [`auth`]), the
+//! One downstream session: startup packet negotiation (SSLRequest answered `S` and the TLS
+//! handshake when TLS is configured; direct TLS), authentication (through [`auth`]), the
 //! parameters a walsender reports, then the simple-query command loop, which hands each query
 //! to [`commands`]. How the session ended is reported here, once: in the log and, where the
 //! protocol allows, as the client's last message.
@@ -7,27 +8,29 @@
 //! [`super::error`]; the commands and the walsender sit above those, and are reached from here
 //! only through [`commands::execute`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
-use tracing::{field, info, Instrument};
+use tokio_rustls::TlsStream;
+use tracing::{field, info, warn, Instrument};
 
-use super::auth;
+use super::auth::{self, Access};
 use super::client::{server_major, Client};
 use super::commands;
-use super::connection::Conn;
+use super::connection::{Conn, READ_CHUNK};
 use super::context::Context;
 use super::error::{too_many_clients, SessionEnd};
+use crate::access::tls::check_direct_alpn;
 use crate::proto::backend;
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{
     parse_frontend, parse_startup_packet, FrontendMessage, StartupPacket,
 };
 use crate::proto::ProtocolError;
-use crate::wire::WireError;
+use crate::wire::{Framed, Stream, WireError};
 
 /// One session, holding its `max_connections` permit until it ends.
 pub async fn run(
@@ -45,14 +48,36 @@ pub async fn run(
         user = field::Empty
     );
     async move {
-        let mut conn = Conn::new(socket);
+        // One snapshot of the rules for the whole connection (a reload applies to new ones).
+        let access = ctx.access();
+        let local = socket
+            .local_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        // One authentication_timeout covers the TLS handshake, the startup packet and the
+        // authentication exchange, as PostgreSQL's does.
         let (authenticated, startup_done) = oneshot::channel();
-        let result = tokio::select! {
-            r = session(&ctx, &mut conn, pid, peer, authenticated) => r,
-            () = startup_deadline(startup_done, ctx.limits.authentication_timeout) => {
-                Err(SessionEnd::AuthenticationTimeout)
-            }
+        let deadline = startup_deadline(startup_done, ctx.limits.authentication_timeout);
+        tokio::pin!(deadline);
+        let opened = tokio::select! {
+            r = open(&access, socket) => Ok(r),
+            () = &mut deadline => Err(SessionEnd::AuthenticationTimeout),
             () = shutdown_grace(&ctx) => Err(SessionEnd::Shutdown),
+        };
+        let (mut conn, result) = match opened {
+            Err(e) => (None, Err(e)),
+            Ok((framed, started)) => {
+                let mut conn = framed.map(Conn::from_framed);
+                let result = match (started, conn.as_mut()) {
+                    (Ok(startup), Some(c)) => tokio::select! {
+                        r = session(&ctx, &access, c, pid, Addrs { peer, local }, startup, authenticated) => r,
+                        () = &mut deadline => Err(SessionEnd::AuthenticationTimeout),
+                        () = shutdown_grace(&ctx) => Err(SessionEnd::Shutdown),
+                    },
+                    (Err(e), _) => Err(e),
+                    (Ok(_), None) => Err(SessionEnd::ClientGone),
+                };
+                (conn, result)
+            }
         };
         // Temporary slots end with the session that created them.
         ctx.store.slots().drop_temporary_of(pid);
@@ -60,19 +85,26 @@ pub async fn run(
             Ok(()) | Err(SessionEnd::ClientGone) => info!("downstream disconnected"),
             Err(SessionEnd::Fatal(e)) => {
                 info!("ending downstream connection: {e}");
-                farewell(&mut conn, &e).await;
+                farewell(conn.as_mut(), &e).await;
+            }
+            Err(SessionEnd::AuthFailed { error, log_detail }) => {
+                match log_detail {
+                    Some(d) => warn!("ending downstream connection: {error} DETAIL: {d}"),
+                    None => warn!("ending downstream connection: {error}"),
+                }
+                farewell(conn.as_mut(), &error).await;
             }
             Err(SessionEnd::Protocol(e)) => {
                 info!("ending downstream connection: {e}");
                 let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string());
-                farewell(&mut conn, &e).await;
+                farewell(conn.as_mut(), &e).await;
             }
             Err(SessionEnd::Shutdown) => {
                 let e = PgError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
                 );
-                farewell(&mut conn, &e).await;
+                farewell(conn.as_mut(), &e).await;
                 info!("downstream connection closed at shutdown");
             }
             // As PostgreSQL: the client is told nothing, the connection just closes.
@@ -99,15 +131,18 @@ pub async fn refuse(
 ) {
     let span = tracing::info_span!("downstream", peer = %peer);
     async move {
-        let mut conn = Conn::new(socket);
+        let access = ctx.access();
         let timeout = ctx.limits.authentication_timeout;
-        match tokio::time::timeout(timeout, startup(&mut conn)).await {
-            Ok(Ok(_)) => {
-                info!("refusing downstream connection: too many clients already");
-                farewell(&mut conn, &too_many_clients()).await;
+        if let Ok((framed, started)) = tokio::time::timeout(timeout, open(&access, socket)).await {
+            let mut conn = framed.map(Conn::from_framed);
+            match started {
+                Ok(_) => {
+                    info!("refusing downstream connection: too many clients already");
+                    farewell(conn.as_mut(), &too_many_clients()).await;
+                }
+                Err(SessionEnd::Fatal(e)) => farewell(conn.as_mut(), &e).await,
+                Err(_) => {}
             }
-            Ok(Err(SessionEnd::Fatal(e))) => farewell(&mut conn, &e).await,
-            Ok(Err(_)) | Err(_) => {}
         }
     }
     .instrument(span)
@@ -122,8 +157,10 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Sends a client its last message, if it takes it within [`FAREWELL_TIMEOUT`].
-async fn farewell(conn: &mut Conn, e: &PgError) {
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.send_error(e)).await;
+async fn farewell(conn: Option<&mut Conn>, e: &PgError) {
+    if let Some(conn) = conn {
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.send_error(e)).await;
+    }
 }
 
 /// Ends when `limit` has passed before the session said it is authenticated; never ends once
@@ -140,14 +177,75 @@ async fn shutdown_grace(ctx: &Context) {
     tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
+/// What the startup phase learned: the protocol minor version, the StartupMessage parameters,
+/// and whether the connection is TLS.
+struct Startup {
+    minor: u16,
+    params: Vec<(String, String)>,
+    tls: bool,
+}
+
+/// The startup phase on the whole connection: direct TLS (PostgreSQL 17+, the first byte a TLS
+/// handshake record), then [`startup`]. Returns the connection (`None` when it was lost in a
+/// TLS handshake, when nothing can be sent any more) and the outcome.
+async fn open(access: &Access, socket: TcpStream) -> (Option<Framed>, Result<Startup, SessionEnd>) {
+    let direct = match &access.tls {
+        Some(tls) => {
+            let mut first = [0u8; 1];
+            match socket.peek(&mut first).await {
+                Ok(0) => return (None, Err(SessionEnd::ClientGone)),
+                Ok(_) if first == [TLS_HANDSHAKE] => Some(tls),
+                Ok(_) => None,
+                Err(e) => return (None, Err(SessionEnd::Io(e))),
+            }
+        }
+        None => None,
+    };
+    let framed = match direct {
+        Some(tls) => match tls.acceptor.accept(socket).await {
+            Ok(s) => {
+                if let Err(why) = check_direct_alpn(s.get_ref().1.alpn_protocol()) {
+                    info!("{why}");
+                    return (None, Err(SessionEnd::ClientGone));
+                }
+                Framed::new(Stream::Tls(Box::new(TlsStream::Server(s))), READ_CHUNK)
+            }
+            Err(e) => return (None, Err(tls_failed(e))),
+        },
+        None => Framed::new(Stream::Plain(socket), READ_CHUNK),
+    };
+    startup(access, framed).await
+}
+
+/// `TLSPlaintext.type` handshake(22): the first byte of a direct TLS connection.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+fn tls_failed(e: std::io::Error) -> SessionEnd {
+    SessionEnd::Io(std::io::Error::new(
+        e.kind(),
+        format!("could not accept SSL connection: {e}"),
+    ))
+}
+
+/// The two ends of a downstream connection's socket.
+struct Addrs {
+    peer: SocketAddr,
+    local: IpAddr,
+}
+
+/// The session after the startup packet: authentication, then the command loop. `authenticated`
+/// is told once the client is through authentication (ending its authentication_timeout).
 async fn session(
     ctx: &Arc<Context>,
+    access: &Arc<Access>,
     conn: &mut Conn,
     pid: i32,
-    peer: SocketAddr,
+    addrs: Addrs,
+    startup: Startup,
     authenticated: oneshot::Sender<()>,
 ) -> Result<(), SessionEnd> {
-    let (minor, params) = startup(conn).await?;
+    let Addrs { peer, local } = addrs;
+    let Startup { minor, params, tls } = startup;
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
 
     let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
@@ -175,7 +273,12 @@ async fn session(
     }
 
     // Before the relay says anything about its own state: a refused client learns nothing.
-    auth::authenticate(peer, &user)?;
+    let who = auth::Peer {
+        peer: peer.ip(),
+        local,
+        tls,
+    };
+    let method = auth::authenticate(conn, access, &who, &user, &ctx.cancel).await?;
 
     let Some(identity) = ctx.store.identity() else {
         return Err(SessionEnd::Fatal(
@@ -220,7 +323,7 @@ async fn session(
     backend::ready_for_query(conn.out());
     conn.flush().await?;
     let _ = authenticated.send(());
-    info!("downstream connected");
+    info!(tls, auth = method.as_str(), "downstream connected");
 
     let client = Client {
         pid,
@@ -254,32 +357,70 @@ async fn session(
     }
 }
 
-/// Reads startup-phase packets until the StartupMessage, refusing TLS and GSS encryption with
-/// `N` (TLS for downstream clients comes with its own configuration).
-async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), SessionEnd> {
-    let mut ssl_answered = false;
+/// Reads startup-phase packets until the StartupMessage. SSLRequest is answered `S` and the
+/// TLS handshake follows when TLS is configured, `N` otherwise; GSSENCRequest always `N`.
+async fn startup(
+    access: &Access,
+    mut framed: Framed,
+) -> (Option<Framed>, Result<Startup, SessionEnd>) {
+    // After direct TLS an SSLRequest is refused like a second one, as PostgreSQL does.
+    let mut ssl_answered = framed.is_tls();
     let mut gss_answered = false;
+    let fatal = |framed, code, message: String| {
+        (
+            Some(framed),
+            Err(SessionEnd::Fatal(PgError::fatal(code, message))),
+        )
+    };
     loop {
-        let pkt = match conn.reader()?.read_startup_packet().await {
+        let pkt = match framed.recv_startup_packet().await {
             Ok(p) => p,
             Err(WireError::Protocol(_)) => {
-                return Err(SessionEnd::Fatal(PgError::fatal(
+                return fatal(
+                    framed,
                     sqlstate::PROTOCOL_VIOLATION,
-                    "invalid length of startup packet",
-                )))
+                    "invalid length of startup packet".into(),
+                )
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return (Some(framed), Err(e.into())),
         };
         match parse_startup_packet(&pkt) {
             Ok(StartupPacket::SslRequest) if !ssl_answered => {
                 ssl_answered = true;
-                conn.out().extend_from_slice(b"N");
-                conn.flush().await?;
+                let Some(tls) = &access.tls else {
+                    framed.out().extend_from_slice(b"N");
+                    if let Err(e) = framed.flush().await {
+                        return (Some(framed), Err(e.into()));
+                    }
+                    continue;
+                };
+                // Bytes after the SSLRequest would be read as if they came over TLS
+                // (CVE-2021-23214): refuse them, as PostgreSQL does.
+                if framed.buffered() > 0 {
+                    return fatal(
+                        framed,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request".into(),
+                    );
+                }
+                framed.out().extend_from_slice(b"S");
+                if let Err(e) = framed.flush().await {
+                    return (Some(framed), Err(e.into()));
+                }
+                let Stream::Plain(socket) = framed.into_stream() else {
+                    return (None, Err(SessionEnd::ClientGone));
+                };
+                framed = match tls.acceptor.accept(socket).await {
+                    Ok(s) => Framed::new(Stream::Tls(Box::new(TlsStream::Server(s))), READ_CHUNK),
+                    Err(e) => return (None, Err(tls_failed(e))),
+                };
             }
             Ok(StartupPacket::GssEncRequest) if !gss_answered => {
                 gss_answered = true;
-                conn.out().extend_from_slice(b"N");
-                conn.flush().await?;
+                framed.out().extend_from_slice(b"N");
+                if let Err(e) = framed.flush().await {
+                    return (Some(framed), Err(e.into()));
+                }
             }
             // A second request of the same kind: PostgreSQL reads its code as a protocol
             // version (1234.5679 or 1234.5680) and refuses it.
@@ -289,30 +430,30 @@ async fn startup(conn: &mut Conn) -> Result<(u16, Vec<(String, String)>), Sessio
                 } else {
                     5680
                 };
-                return Err(SessionEnd::Fatal(PgError::fatal(
+                return fatal(
+                    framed,
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
                         "unsupported frontend protocol 1234.{minor}: server supports 3.0 to 3.0"
                     ),
-                )));
+                );
             }
             // A cancel request gets no answer; the connection just closes.
-            Ok(StartupPacket::Cancel { .. }) => return Err(SessionEnd::ClientGone),
-            Ok(StartupPacket::Startup { minor, params }) => return Ok((minor, params)),
+            Ok(StartupPacket::Cancel { .. }) => return (Some(framed), Err(SessionEnd::ClientGone)),
+            Ok(StartupPacket::Startup { minor, params }) => {
+                let tls = framed.is_tls();
+                return (Some(framed), Ok(Startup { minor, params, tls }));
+            }
             Err(ProtocolError::UnsupportedProtocol { major, minor }) => {
-                return Err(SessionEnd::Fatal(PgError::fatal(
+                return fatal(
+                    framed,
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!(
                         "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
                     ),
-                )))
+                )
             }
-            Err(e) => {
-                return Err(SessionEnd::Fatal(PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    e.to_string(),
-                )))
-            }
+            Err(e) => return fatal(framed, sqlstate::PROTOCOL_VIOLATION, e.to_string()),
         }
     }
 }

@@ -20,4 +20,4 @@ pub mod rule;
 pub mod watcher;
 
 pub use rule::{CandidateState, HoldRule};
-pub use watcher::{FailoverStatus, FailoverWatcher};
+pub use watcher::{CandidateJson, FailoverStatus, FailoverWatcher};

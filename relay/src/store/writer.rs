@@ -10,6 +10,7 @@
 //! nothing and drops queued WAL until the next `Start`. Segment files are opened, written and
 //! fsynced through [`super::fs`], so the `.partial` rule holds and fail points can reach them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,15 +82,31 @@ pub enum WriteCmd {
         at: Lsn,
         reply: oneshot::Sender<Result<u64, WriteError>>,
     },
+    /// Nothing to do: the writer only counts a heartbeat once it gets here, after whatever
+    /// write or fsync was queued before it (see [`WriterHandle::probe`]).
+    Tick,
 }
 
 /// The sending side, held by the upstream session.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteCmd>,
+    beats: Arc<AtomicU64>,
 }
 
 impl WriterHandle {
+    /// How many times the writer thread finished a batch (written, fsynced, published) or a
+    /// probe: it stops moving while the thread is blocked in a write or an fsync.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer for a heartbeat without waiting: an idle writer beats at once, a busy
+    /// one after the batch it is in, a wedged one never. A full queue is a probe already.
+    pub fn probe(&self) {
+        let _ = self.tx.try_send(WriteCmd::Tick);
+    }
+
     pub async fn start(&self, tli: TimeLineId, lsn: Lsn) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -136,14 +153,16 @@ struct Writer {
 /// Starts the writer thread. The store must have an identity (segment size) by then.
 pub fn spawn(store: Arc<Store>) -> (WriterHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
+    let beats = Arc::new(AtomicU64::new(0));
+    let thread_beats = beats.clone();
     let handle = std::thread::Builder::new()
         .name("wal-writer".into())
-        .spawn(move || run(store, rx))
+        .spawn(move || run(store, rx, &thread_beats))
         .unwrap_or_else(|e| panic!("cannot spawn the WAL writer thread: {e}"));
-    (WriterHandle { tx }, handle)
+    (WriterHandle { tx, beats }, handle)
 }
 
-fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
+fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>, beats: &AtomicU64) {
     let mut w = Writer::new(store);
     let span = tracing::info_span!("wal_writer");
     let _enter = span.enter();
@@ -156,6 +175,8 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<WriteCmd>) {
             }
         }
         w.sync();
+        // Written, fsynced and published (or failed and reported): the writer is not wedged.
+        beats.fetch_add(1, Ordering::Relaxed);
     }
     w.sync();
     if let Err(e) = w.store.save_state() {
@@ -200,6 +221,7 @@ impl Writer {
                 }
                 let _ = reply.send(r);
             }
+            WriteCmd::Tick => {}
             // After a failure, WAL still queued behind it is dropped until the next Start: the
             // first error is the one reported.
             WriteCmd::Wal { .. }
@@ -548,6 +570,22 @@ mod tests {
             victim.lsn
         );
         assert!(store.health().borrow().error.is_none());
+    }
+
+    /// An idle writer answers a probe; the count moves only through the thread.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_idle_writer_answers_probes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, handle, _t) = store_for_fixture(dir.path());
+        let before = handle.beats();
+        handle.probe();
+        for _ in 0..100 {
+            if handle.beats() > before {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the writer did not answer a probe");
     }
 
     #[test]

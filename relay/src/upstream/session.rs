@@ -187,13 +187,7 @@ async fn session(up: &Upstream) -> anyhow::Result<()> {
         let rows = match ended {
             Some(rows) => rows,
             None => {
-                up.status.update(|s| {
-                    s.connected = true;
-                    s.connected_since = Some(SystemTime::now());
-                    s.stream_start_lsn = Some(start);
-                    s.received_lsn = Some(start);
-                    s.last_error = None;
-                });
+                // START_REPLICATION accepted: the relay streams (what READY=1 waits for).
                 up.status.update(|s| {
                     s.connected = true;
                     s.connected_since = Some(SystemTime::now());

@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
+use tokio::sync::watch;
+
 use crate::wal::{Lsn, TimeLineId};
 
 #[derive(Debug, Clone, Default)]
@@ -28,12 +30,24 @@ pub struct UpstreamStatus {
 }
 
 /// Shared, lock-protected status; updated by the upstream task only.
-#[derive(Default)]
 pub struct UpstreamState {
     status: Mutex<UpstreamStatus>,
     /// When each new upstream WAL end was first seen: the upstream lag in seconds is how long
     /// ago the oldest end the relay has not made durable yet was seen.
     ends: Mutex<VecDeque<(Lsn, Instant)>>,
+    /// Marked on every [`UpstreamState::update`], for those that follow the status as it changes
+    /// (the systemd readiness and `STATUS=` task).
+    changed: watch::Sender<()>,
+}
+
+impl Default for UpstreamState {
+    fn default() -> Self {
+        UpstreamState {
+            status: Mutex::default(),
+            ends: Mutex::default(),
+            changed: watch::channel(()).0,
+        }
+    }
 }
 
 /// Upstream ends remembered for the time lag (older ones merge into the newest).
@@ -65,8 +79,16 @@ impl UpstreamState {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut UpstreamStatus)) {
-        let mut g = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut g);
+        {
+            let mut g = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut g);
+        }
+        self.changed.send_replace(());
+    }
+
+    /// A receiver marked changed after every [`UpstreamState::update`].
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     pub fn get(&self) -> UpstreamStatus {

@@ -34,6 +34,17 @@ impl Framed {
         self.stream.is_tls()
     }
 
+    /// Bytes received but not consumed yet.
+    pub fn buffered(&self) -> usize {
+        self.rbuf.buffered()
+    }
+
+    /// The transport, dropping both buffers: for a TLS upgrade after SSLRequest, when nothing
+    /// is buffered (check [`Framed::buffered`]) and everything queued was flushed.
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
     /// The output buffer, for encoders.
     pub fn out(&mut self) -> &mut BytesMut {
         &mut self.out

@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod access;
 mod bad_clients;
 mod crash;
 mod dashboard_metrics;
@@ -22,6 +23,7 @@ mod lag;
 mod lifecycle;
 mod limits;
 mod restart;
+mod service;
 mod status_cli;
 mod streaming;
 mod upstream_connection;

@@ -78,6 +78,21 @@ impl PgCluster {
     /// pg_basebackup from `primary`, then start it as a hot standby whose walreceiver connects
     /// to `upstream_port` (the relay) as `application_name = name`.
     pub fn basebackup_standby(primary: &PgCluster, name: &str, upstream_port: u16) -> PgCluster {
+        PgCluster::basebackup_standby_to(
+            primary,
+            name,
+            &format!("host=127.0.0.1 port={upstream_port} user=postgres application_name={name}"),
+        )
+    }
+
+    /// [`PgCluster::basebackup_standby`] with this `primary_conninfo` (no single quotes in it),
+    /// e.g. one with `sslmode`, `sslrootcert` and `password`.
+    pub fn basebackup_standby_to(
+        primary: &PgCluster,
+        name: &str,
+        primary_conninfo: &str,
+    ) -> PgCluster {
+        assert!(!primary_conninfo.contains('\''), "{primary_conninfo}");
         assert!(
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "standby name {name:?} must be a plain identifier (it goes into primary_conninfo)"
@@ -94,7 +109,7 @@ impl PgCluster {
         );
         c.append_conf(&format!(
             "# standby settings written by the test harness\n{common}\
-             primary_conninfo = 'host=127.0.0.1 port={upstream_port} user=postgres application_name={name}'\n",
+             primary_conninfo = '{primary_conninfo}'\n",
             common = c.common_conf()
         ));
         let signal = data.join("standby.signal");

@@ -24,6 +24,8 @@ pub struct Relay {
     slot: Option<String>,
     /// Further `walrelay run` flags (e.g. `--failover-standby NAME`), kept for restarts.
     extra_args: Vec<String>,
+    /// Further environment (e.g. `NOTIFY_SOCKET`), kept for restarts.
+    env: Vec<(String, String)>,
     listen_port: u16,
     http_port: u16,
     child: Option<Child>,
@@ -45,6 +47,25 @@ impl Relay {
         Relay::spawn_in(dir, upstream, Some(slot), extra_args)
     }
 
+    /// Like [`Relay::start_with`], with further environment variables for the process (kept
+    /// for restarts), e.g. `NOTIFY_SOCKET` and `WATCHDOG_USEC` as systemd sets them.
+    pub fn start_with_env(
+        upstream: &str,
+        slot: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let dir = TestDir::new("relay");
+        std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
+        let mut relay = Relay::new_in(dir, upstream, Some(slot), extra_args);
+        relay.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        relay.spawn();
+        relay
+    }
+
     /// `walrelay run` with no PostgreSQL behind it, for the tests of the HTTP endpoint and the
     /// operator commands: its upstream is a closed port (it keeps retrying and serves `/status`
     /// and `/metrics` meanwhile), no `--slot`. Waits until `/healthz` answers.
@@ -58,18 +79,24 @@ impl Relay {
 
     /// Spawns the relay in `dir`, whose `data` entry is ready.
     fn spawn_in(dir: TestDir, upstream: &str, slot: Option<&str>, extra_args: &[&str]) -> Relay {
-        let mut relay = Relay {
+        let mut relay = Relay::new_in(dir, upstream, slot, extra_args);
+        relay.spawn();
+        relay
+    }
+
+    /// A relay in `dir`, not started yet.
+    fn new_in(dir: TestDir, upstream: &str, slot: Option<&str>, extra_args: &[&str]) -> Relay {
+        Relay {
             dir,
             upstream: upstream.to_string(),
             slot: slot.map(str::to_string),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
             listen_port: os::free_port(),
             http_port: os::free_port(),
             child: None,
             starts: 0,
-        };
-        relay.spawn();
-        relay
+        }
     }
 
     fn spawn(&mut self) {
@@ -92,6 +119,7 @@ impl Relay {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_BACKTRACE", "1")
             .arg("run")
             .args(["--upstream", &self.upstream]);
@@ -111,6 +139,11 @@ impl Relay {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
         );
+    }
+
+    /// The process id of the running relay.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the relay is not running").id()
     }
 
     /// The port downstream clients connect to.
@@ -377,6 +410,26 @@ impl Relay {
         std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
             .expect("symlink the relay's data dir");
         Relay::spawn_in(dir, upstream, Some(slot), extra_args)
+    }
+
+    /// [`Relay::start_in`] with further environment variables (see [`Relay::start_with_env`]).
+    pub fn start_in_with_env(
+        data_dir: &Path,
+        upstream: &str,
+        slot: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let dir = TestDir::new("relay");
+        std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
+            .expect("symlink the relay's data dir");
+        let mut relay = Relay::new_in(dir, upstream, Some(slot), extra_args);
+        relay.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        relay.spawn();
+        relay
     }
 
     /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code
