@@ -56,6 +56,33 @@ pub struct LineMessage {
     pub hint: Option<String>,
 }
 
+/// Why a configuration file could not be read as text.
+pub(crate) enum ReadTextError {
+    Io(std::io::Error),
+    /// Not UTF-8: the line of the first invalid byte.
+    Utf8(LineMessage),
+}
+
+/// Reads `path` as UTF-8 text; `file` names it and `what` says what it is ("auth file") in the
+/// message for invalid UTF-8. Shared by the hba and auth-file loaders.
+pub(crate) fn read_text(path: &Path, file: &str, what: &str) -> Result<String, ReadTextError> {
+    let bytes = std::fs::read(path).map_err(ReadTextError::Io)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e
+            .as_bytes()
+            .get(..valid)
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+            + 1;
+        ReadTextError::Utf8(LineMessage {
+            file: file.to_string(),
+            line,
+            message: format!("invalid UTF-8 in {what}"),
+            hint: None,
+        })
+    })
+}
+
 impl fmt::Display for LineMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -274,28 +301,10 @@ impl HbaRules {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<HbaRules, HbaError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|error| HbaError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        match String::from_utf8(bytes) {
+        match read_text(path, &file, "configuration file") {
             Ok(text) => HbaRules::parse(&text, &file),
-            Err(e) => {
-                let valid = e.utf8_error().valid_up_to();
-                let line = e
-                    .as_bytes()
-                    .get(..valid)
-                    .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
-                    + 1;
-                Err(HbaError::Parse {
-                    lines: vec![LineMessage {
-                        file,
-                        line,
-                        message: "invalid UTF-8 in configuration file".into(),
-                        hint: None,
-                    }],
-                })
-            }
+            Err(ReadTextError::Io(error)) => Err(HbaError::Read { file, error }),
+            Err(ReadTextError::Utf8(m)) => Err(HbaError::Parse { lines: vec![m] }),
         }
     }
 

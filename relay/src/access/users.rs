@@ -35,7 +35,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::hba::LineMessage;
+use super::hba::{read_text, LineMessage, ReadTextError};
 
 /// `SCRAM_SHA_256_KEY_LEN`.
 pub const KEY_LEN: usize = 32;
@@ -338,28 +338,10 @@ impl UserList {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<UserList, UsersError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|error| UsersError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        match String::from_utf8(bytes) {
+        match read_text(path, &file, "auth file") {
             Ok(text) => UserList::parse(&text, &file),
-            Err(e) => {
-                let valid = e.utf8_error().valid_up_to();
-                let line = e
-                    .as_bytes()
-                    .get(..valid)
-                    .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
-                    + 1;
-                Err(UsersError::Parse {
-                    lines: vec![LineMessage {
-                        file,
-                        line,
-                        message: "invalid UTF-8 in auth file".into(),
-                        hint: None,
-                    }],
-                })
-            }
+            Err(ReadTextError::Io(error)) => Err(UsersError::Read { file, error }),
+            Err(ReadTextError::Utf8(m)) => Err(UsersError::Parse { lines: vec![m] }),
         }
     }
 
