@@ -931,6 +931,37 @@ fn cidr_mask(ip: IpAddr, bits: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_line_and_one_missing_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg_hba.conf");
+        std::fs::write(
+            &path,
+            b"host replication all 127.0.0.1/32 trust\n# caf\xe9\n",
+        )
+        .unwrap();
+        match super::HbaRules::load(&path) {
+            Err(super::HbaError::Parse { lines }) => {
+                assert_eq!(lines.len(), 1);
+                assert_eq!(lines[0].line, 2);
+                assert_eq!(lines[0].message, "invalid UTF-8 in configuration file");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        let missing = dir.path().join("nope");
+        let e = super::HbaRules::load(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("could not open file \"{}\"", missing.display())),
+            "{e}"
+        );
+        let users = dir.path().join("userlist.txt");
+        std::fs::write(&users, b"\"a\" \"p\"\n\"\xff\" \"q\"\n").unwrap();
+        let e = super::super::users::UserList::load(&users)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid UTF-8 in auth file"), "{e}");
+    }
+
     use super::*;
 
     const NO_IFACES: &[Interface] = &[];
