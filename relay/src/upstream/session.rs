@@ -86,6 +86,9 @@ pub async fn supervise(up: Upstream, cancel: CancellationToken) {
         let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
         let wait = backoff + jitter;
         info!("reconnecting to upstream in {:.1}s", wait.as_secs_f64());
+        // A span entered across an `.await` leaks onto whatever else runs on this thread while
+        // the task waits (downstream lines logged as `upstream{…}:downstream{…}`).
+        drop(_enter);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => break,
