@@ -213,6 +213,12 @@ impl<'a> Cursor<'a> {
             )));
         }
         self.pos += 1;
+        self.equals_after(attr)?;
+        Ok(self.value())
+    }
+
+    /// The `=` after attribute `attr` (both `read_attr_value` and `read_any_attr` check it).
+    fn equals_after(&mut self, attr: u8) -> Result<(), ScramFailure> {
         if self.peek() != b'=' {
             return Err(malformed(format!(
                 "Expected character \"=\" for attribute \"{}\".",
@@ -220,7 +226,7 @@ impl<'a> Cursor<'a> {
             )));
         }
         self.pos += 1;
-        Ok(self.value())
+        Ok(())
     }
 
     /// `read_any_attr`.
@@ -238,13 +244,7 @@ impl<'a> Cursor<'a> {
             )));
         }
         self.pos += 1;
-        if self.peek() != b'=' {
-            return Err(malformed(format!(
-                "Expected character \"=\" for attribute \"{}\".",
-                attr as char
-            )));
-        }
-        self.pos += 1;
+        self.equals_after(attr)?;
         Ok((attr, self.value()))
     }
 }
