@@ -57,13 +57,7 @@ impl Relay {
     ) -> Relay {
         let dir = TestDir::new("relay");
         std::fs::create_dir(dir.path().join("data")).expect("create the relay's data dir");
-        let mut relay = Relay::new_in(dir, upstream, Some(slot), extra_args);
-        relay.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        relay.spawn();
-        relay
+        Relay::new_in(dir, upstream, Some(slot), extra_args).spawned_with_env(env)
     }
 
     /// `walrelay run` with no PostgreSQL behind it, for the tests of the HTTP endpoint and the
@@ -423,13 +417,17 @@ impl Relay {
         let dir = TestDir::new("relay");
         std::os::unix::fs::symlink(data_dir, dir.path().join("data"))
             .expect("symlink the relay's data dir");
-        let mut relay = Relay::new_in(dir, upstream, Some(slot), extra_args);
-        relay.env = env
+        Relay::new_in(dir, upstream, Some(slot), extra_args).spawned_with_env(env)
+    }
+
+    /// Starts the relay with `env` added to its environment.
+    fn spawned_with_env(mut self, env: &[(&str, &str)]) -> Relay {
+        self.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        relay.spawn();
-        relay
+        self.spawn();
+        self
     }
 
     /// Runs `walrelay verify --data-dir <data dir>` (the relay must be stopped): its exit code
