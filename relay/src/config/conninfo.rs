@@ -233,6 +233,9 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// `connect_timeout` when the conninfo does not set it.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A parsed upstream conninfo with every default applied.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -250,7 +253,10 @@ pub struct ConnInfo {
     pub sslkey: Option<PathBuf>,
     pub ssl_min_protocol_version: TlsMinVersion,
     pub channel_binding: ChannelBindingMode,
-    /// `None`: no timeout (libpq: absent, zero or negative).
+    /// Bounds each connection attempt (handshake and authentication) and each query of the
+    /// session's setup. Absent: [`DEFAULT_CONNECT_TIMEOUT`] (libpq has no default; a relay
+    /// does, so that a host that accepts TCP and then hangs does not hold up the next host).
+    /// `None`: no timeout (an explicit zero or negative, as libpq).
     pub connect_timeout: Option<Duration>,
     pub application_name: Option<String>,
     pub fallback_application_name: Option<String>,
@@ -331,7 +337,7 @@ impl ConnInfo {
             };
         let connect_timeout = match nonempty(get("connect_timeout", "PGCONNECT_TIMEOUT")) {
             Some(v) => positive_secs(parse_int("connect_timeout", &v)?),
-            None => None,
+            None => Some(DEFAULT_CONNECT_TIMEOUT),
         };
         let keepalives = match nonempty(raw.get("keepalives").map(str::to_string)) {
             Some(v) => parse_int("keepalives", &v)? != 0,
@@ -430,8 +436,11 @@ impl ConnInfo {
         if self.channel_binding != ChannelBindingMode::default() {
             parts.push(("channel_binding", self.channel_binding.as_str().to_string()));
         }
-        if let Some(t) = self.connect_timeout {
-            parts.push(("connect_timeout", t.as_secs().to_string()));
+        match self.connect_timeout {
+            Some(t) if t == DEFAULT_CONNECT_TIMEOUT => {}
+            Some(t) => parts.push(("connect_timeout", t.as_secs().to_string())),
+            // Written out, as the default would apply again when the text is parsed.
+            None => parts.push(("connect_timeout", "0".to_string())),
         }
         if let Some(a) = &self.application_name {
             parts.push(("application_name", a.clone()));

@@ -98,6 +98,10 @@ pub struct Connection {
     params: HashMap<String, String>,
     backend_key: Option<(i32, i32)>,
     state: State,
+    /// Bounds each query and the start of COPY (the conninfo's `connect_timeout`): a server
+    /// that authenticated and then stopped answering is given up on, so the next host can be
+    /// tried.
+    query_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -312,6 +316,7 @@ async fn attempt(
         params: HashMap::new(),
         backend_key: None,
         state: State::Busy,
+        query_timeout: ci.connect_timeout,
     };
     loop {
         match conn.next().await? {
@@ -497,6 +502,32 @@ impl Connection {
     /// Runs one simple-protocol query and returns its rows as text. An ERROR from the server
     /// comes back as [`UpstreamError::Server`] with the connection still usable.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Rows, UpstreamError> {
+        match self.query_timeout {
+            None => self.simple_query_unbounded(sql).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, self.simple_query_unbounded(sql)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(self.query_timed_out(sql)),
+                }
+            }
+        }
+    }
+
+    /// The error for a query that got no full answer within `query_timeout`; the connection is
+    /// broken (half an answer may still arrive).
+    fn query_timed_out(&mut self, sql: &str) -> UpstreamError {
+        self.state = State::Broken;
+        UpstreamError::QueryTimeout {
+            query: sql
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            addr: describe(&self.host, self.addr),
+        }
+    }
+
+    async fn simple_query_unbounded(&mut self, sql: &str) -> Result<Rows, UpstreamError> {
         self.send_query(sql).await?;
         let mut rows = Vec::new();
         let mut error = None;
@@ -533,6 +564,21 @@ impl Connection {
     /// after CopyBothResponse (WAL already removed, start point ahead of flush) come from
     /// [`Connection::recv_copy`].
     pub async fn start_copy_both(&mut self, sql: &str) -> Result<StartOutcome, UpstreamError> {
+        match self.query_timeout {
+            None => self.start_copy_both_unbounded(sql).await,
+            Some(limit) => {
+                match tokio::time::timeout(limit, self.start_copy_both_unbounded(sql)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(self.query_timed_out(sql)),
+                }
+            }
+        }
+    }
+
+    async fn start_copy_both_unbounded(
+        &mut self,
+        sql: &str,
+    ) -> Result<StartOutcome, UpstreamError> {
         self.send_query(sql).await?;
         let mut rows = Vec::new();
         let mut error = None;

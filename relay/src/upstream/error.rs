@@ -95,6 +95,9 @@ pub enum UpstreamError {
     /// `connect_timeout` expired before the connection was ready.
     #[error("connection to server at {addr} failed: timeout expired")]
     Timeout { addr: String },
+    /// A query of the session's setup got no full answer within `connect_timeout`.
+    #[error("server at {addr} did not answer {query} within connect_timeout")]
+    QueryTimeout { query: String, addr: String },
     /// The server closed the connection without an ErrorResponse.
     #[error("server closed the connection unexpectedly")]
     Closed,

@@ -70,15 +70,18 @@ pub async fn connect_any(
     }
 }
 
-/// Refuses a server whose system identifier is not the one the relay's store holds WAL for.
+/// Asks IDENTIFY_SYSTEM, always: a server that authenticated and then stopped answering is
+/// given up on here (the query is bounded by `connect_timeout`), while the next host can still
+/// be tried. Refuses a server whose system identifier is not the one the relay's store holds
+/// WAL for.
 async fn check_system(
     conn: &mut Connection,
     expected: Option<&str>,
 ) -> Result<Option<String>, UpstreamError> {
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     let Some(expected) = expected else {
         return Ok(None);
     };
-    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     let got = rows
         .first()
         .and_then(|r| r.first())

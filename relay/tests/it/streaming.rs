@@ -121,3 +121,33 @@ fn standby_with_temporary_slot_streams_through_relay() {
         }
     });
 }
+
+/// A first host that accepts TCP and then says nothing (a hung server) does not hold the relay
+/// up: with no `connect_timeout` in the conninfo, the relay's 10 s default gives it up and the
+/// relay streams from the next host.
+#[test]
+fn a_hung_first_host_is_given_up_after_the_default_connect_timeout() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_port = hung.local_addr().expect("addr").port();
+    // Accepts and holds every connection, answering nothing (detached: it ends with the test
+    // process).
+    std::thread::spawn(move || {
+        let held: Vec<_> = hung.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let upstream = format!(
+        "host=127.0.0.1,127.0.0.1 port={hung_port},{} user=postgres",
+        primary.port()
+    );
+    let mut relay = Relay::start(&upstream, "relay");
+    relay.wait_ready();
+    let _standby = standby_streams(&primary, relay.port());
+    let status = relay.status();
+    assert_eq!(
+        status["upstream"]["port"].as_u64(),
+        Some(u64::from(primary.port())),
+        "{status}"
+    );
+}

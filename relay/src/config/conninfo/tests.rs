@@ -34,7 +34,8 @@ fn empty_string_gives_defaults() {
     assert_eq!(ci.sslmode, SslMode::Prefer);
     assert_eq!(ci.target_session_attrs, TargetSessionAttrs::Any);
     assert_eq!(ci.channel_binding, ChannelBindingMode::Prefer);
-    assert_eq!(ci.connect_timeout, None);
+    assert_eq!(ci.connect_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
+    assert_eq!(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs(10));
     assert!(ci.keepalives);
 }
 
@@ -354,4 +355,27 @@ fn redaction_hides_password_and_round_trips() {
     let mut no_pw = ci.clone();
     no_pw.password = None;
     assert_eq!(parse(&no_pw.redacted()).unwrap(), no_pw);
+}
+
+#[test]
+fn connect_timeout_zero_waits_for_ever_and_is_shown() {
+    // libpq: zero or negative means no timeout; the relay's 10 s default applies only when
+    // the key is absent, so the log rendering names an explicit zero and omits the default.
+    for text in ["connect_timeout=0", "connect_timeout=-3"] {
+        let ci = parse(text).unwrap();
+        assert_eq!(ci.connect_timeout, None, "{text}");
+        assert!(
+            ci.redacted().contains("connect_timeout=0"),
+            "{}",
+            ci.redacted()
+        );
+        assert_eq!(parse(&ci.redacted()).unwrap().connect_timeout, None);
+    }
+    let ci = parse("connect_timeout=7").unwrap();
+    assert!(
+        ci.redacted().contains("connect_timeout=7"),
+        "{}",
+        ci.redacted()
+    );
+    assert!(!parse("").unwrap().redacted().contains("connect_timeout"));
 }

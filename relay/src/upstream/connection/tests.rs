@@ -321,3 +321,93 @@ async fn connect_timeout_expires() {
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(listener);
 }
+
+/// The first host authenticates and then never answers a query; with no `connect_timeout` in
+/// the conninfo the relay's default would apply, here 1 s keeps the test short. The relay gives
+/// the first host up and connects to the second.
+#[tokio::test]
+async fn a_host_that_stops_answering_after_authentication_is_skipped() {
+    let hung = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ci = ConnInfo::parse_with_env(
+        &format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=u sslmode=disable connect_timeout=1",
+            hung.local_addr().unwrap().port(),
+            good.local_addr().unwrap().port()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let hung_server = tokio::spawn(async move {
+        let mut p = Peer::accept(&hung).await;
+        p.handshake().await;
+        let q = p.message().await;
+        let _ = seen_tx.send((q.tag, q.body.to_vec()));
+        // Holds the connection open, answering nothing, until the client gives up.
+        let mut rest = [0u8; 64];
+        while p.sock.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+    });
+    let good_server = tokio::spawn(async move {
+        let mut p = Peer::accept(&good).await;
+        p.handshake().await;
+        let q = p.message().await;
+        assert_eq!(&q.body[..], b"IDENTIFY_SYSTEM\0");
+        let mut b = BytesMut::new();
+        backend::row_description(
+            &mut b,
+            &[
+                backend::Column::text("systemid"),
+                backend::Column::int4("timeline"),
+                backend::Column::text("xlogpos"),
+                backend::Column::text("dbname"),
+            ],
+        );
+        backend::data_row(&mut b, &[Some(b"7"), Some(b"1"), Some(b"0/3000000"), None]);
+        backend::command_complete(&mut b, "IDENTIFY_SYSTEM");
+        backend::ready_for_query(&mut b);
+        p.send(&b).await;
+        let _ = p.message().await;
+    });
+    let conn = crate::upstream::connect_any(&ci, "t", None).await.unwrap();
+    assert_eq!(
+        conn.host().port,
+        ci.hosts[1].port,
+        "connected to the second host"
+    );
+    let (tag, body) = seen_rx.await.unwrap();
+    assert_eq!((tag, &body[..]), (b'Q', &b"IDENTIFY_SYSTEM\0"[..]));
+    conn.terminate().await;
+    hung_server.await.unwrap();
+    good_server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_query_without_an_answer_times_out_and_breaks_the_connection() {
+    let (listener, mut ci) = fake_server().await;
+    ci.connect_timeout = Some(Duration::from_millis(300));
+    let server = tokio::spawn(async move {
+        let mut p = Peer::accept(&listener).await;
+        p.handshake().await;
+        p.message().await;
+        let mut rest = [0u8; 64];
+        while p.sock.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut c = connect(&ci, 0, "t").await.unwrap();
+    let e = c.simple_query("IDENTIFY_SYSTEM").await.unwrap_err();
+    assert!(matches!(e, UpstreamError::QueryTimeout { .. }), "{e:?}");
+    assert!(e.is_transient());
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "server at \"127.0.0.1\" (127.0.0.1), port {} did not answer IDENTIFY_SYSTEM within connect_timeout",
+            ci.hosts[0].port
+        )
+    );
+    assert!(matches!(
+        c.simple_query("IDENTIFY_SYSTEM").await,
+        Err(UpstreamError::Broken)
+    ));
+    drop(c);
+    server.await.unwrap();
+}
