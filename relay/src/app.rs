@@ -44,6 +44,10 @@ pub async fn run(
 
     let store = Store::open(&cfg.data_dir)
         .with_context(|| format!("open data directory {}", cfg.data_dir.display()))?;
+    store
+        .slots()
+        .set_max(cfg.max_replication_slots)
+        .with_context(|| format!("open data directory {}", cfg.data_dir.display()))?;
     let durable = store.durable();
     info!(data_dir = %cfg.data_dir.display(), timeline = durable.timeline, flushed = %durable.lsn, "store opened");
 

@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// [default: 100].
     #[arg(long, env = "WALRELAY_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Most replication slots on the relay (persistent and temporary); past it
+    /// `53400 all replication slots are in use`; 0 = no slots [default: 10].
+    #[arg(long, env = "WALRELAY_MAX_REPLICATION_SLOTS")]
+    pub max_replication_slots: Option<u32>,
     /// Time a client has to finish its startup and authentication before it is closed
     /// (`90s`, `1m`, `500ms`) [default: 60s].
     #[arg(long, env = "WALRELAY_AUTHENTICATION_TIMEOUT")]

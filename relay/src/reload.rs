@@ -156,6 +156,10 @@ impl Reloader {
                 new.failover_standbys != run.failover_standbys,
             ),
             ("log_format", new.log_format != run.log_format),
+            (
+                "max_replication_slots",
+                new.max_replication_slots != run.max_replication_slots,
+            ),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))

@@ -24,6 +24,8 @@ pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
 pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
 /// PostgreSQL's default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// PostgreSQL's default `max_replication_slots`.
+pub const DEFAULT_MAX_REPLICATION_SLOTS: usize = 10;
 /// PostgreSQL's default `authentication_timeout`.
 pub const DEFAULT_AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// PostgreSQL's default `wal_sender_timeout`.
@@ -47,6 +49,7 @@ pub struct FileConfig {
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
+    pub max_replication_slots: Option<u32>,
     /// A duration: `60s`, `1m`, `500ms`.
     pub authentication_timeout: Option<String>,
     /// A duration, or `0` for off.
@@ -83,6 +86,7 @@ pub struct Overrides {
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
+    pub max_replication_slots: Option<u32>,
     pub authentication_timeout: Option<String>,
     pub wal_sender_timeout: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -151,6 +155,9 @@ pub struct RelayConfig {
     pub retention: Retention,
     /// Limits on downstream connections.
     pub limits: Limits,
+    /// Relay-side replication slots that may exist at once (needs a restart to change, as in
+    /// PostgreSQL).
+    pub max_replication_slots: usize,
     pub access: AccessFiles,
     pub log_format: LogFormat,
     /// `log_filter` as configured (flag, env or file); `None`: `RUST_LOG`, else `info`.
@@ -244,6 +251,10 @@ impl RelayConfig {
             Some(n) => n as usize,
             None => DEFAULT_MAX_CONNECTIONS,
         };
+        let max_replication_slots = over
+            .max_replication_slots
+            .or(file.max_replication_slots)
+            .map_or(DEFAULT_MAX_REPLICATION_SLOTS, |n| n as usize);
         let authentication_timeout =
             match over.authentication_timeout.or(file.authentication_timeout) {
                 Some(t) => match parse_duration(&t)
@@ -311,6 +322,7 @@ impl RelayConfig {
                 max_slot_wal_keep_size,
             },
             limits,
+            max_replication_slots,
             access,
             log_format,
             log_filter,
@@ -387,6 +399,7 @@ mod tests {
         assert_eq!(c.http.to_string(), DEFAULT_HTTP);
         assert_eq!(c.application_name, "walrelay");
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.max_replication_slots, DEFAULT_MAX_REPLICATION_SLOTS);
     }
 
     #[test]

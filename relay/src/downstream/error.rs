@@ -69,6 +69,8 @@ pub fn slot_error(e: &SlotError) -> PgError {
         | SlotError::NameTooLong(_)
         | SlotError::NameInvalidCharacter(_) => sqlstate::INVALID_NAME,
         SlotError::AlreadyExists(_) => sqlstate::DUPLICATE_OBJECT,
+        SlotError::AllInUse => sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        SlotError::Disabled => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
         SlotError::DoesNotExist(_) => sqlstate::UNDEFINED_OBJECT,
         SlotError::Active { .. } => sqlstate::OBJECT_IN_USE,
         SlotError::Invalidated { .. } => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -161,6 +163,16 @@ mod tests {
                 "could not create replication slot \"s\": disk full"
             )
         );
+        let e = slot_error(&SlotError::AllInUse);
+        assert_eq!(
+            (e.code, e.message.as_str(), e.hint.as_deref()),
+            (
+                "53400",
+                "all replication slots are in use",
+                Some("Free one or increase max_replication_slots.")
+            )
+        );
+        assert_eq!(slot_error(&SlotError::Disabled).code, "55000");
         assert_eq!(
             not_in_history(NotInHistory(7)).message,
             "requested timeline 7 is not in this server's history"

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,12 @@ pub enum SlotError {
     NameInvalidCharacter(String),
     #[error("replication slot \"{0}\" already exists")]
     AlreadyExists(String),
+    /// `max_replication_slots` slots exist already.
+    #[error("all replication slots are in use")]
+    AllInUse,
+    /// `max_replication_slots` is 0.
+    #[error("replication slots can only be used if max_replication_slots > 0")]
+    Disabled,
     #[error("replication slot \"{0}\" does not exist")]
     DoesNotExist(String),
     #[error("replication slot \"{name}\" is active for PID {pid}")]
@@ -78,6 +85,17 @@ pub enum SlotError {
         name: String,
         source: std::io::Error,
     },
+}
+
+/// More slots are stored than `max_replication_slots` allows (PostgreSQL's startup error).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "too many replication slots active before shutdown: {stored} stored, max_replication_slots \
+     is {max}; increase max_replication_slots and try again"
+)]
+pub struct TooManySlots {
+    pub stored: usize,
+    pub max: usize,
 }
 
 impl SlotError {
@@ -97,6 +115,7 @@ impl SlotError {
             SlotError::NameInvalidCharacter(_) => Some(
                 "Replication slot names may only contain lower case letters, numbers, and the underscore character.",
             ),
+            SlotError::AllInUse => Some("Free one or increase max_replication_slots."),
             _ => None,
         }
     }
@@ -105,6 +124,9 @@ impl SlotError {
 pub struct Slots {
     dir: PathBuf,
     inner: Mutex<BTreeMap<String, Slot>>,
+    /// `max_replication_slots`: how many slots (persistent and temporary) may exist; no limit
+    /// until [`Slots::set_max`] is called.
+    max: AtomicUsize,
 }
 
 /// PostgreSQL's ReplicationSlotValidateName (the rule is [`crate::wal::slot_name`]'s).
@@ -163,7 +185,19 @@ impl Slots {
         Ok(Arc::new(Slots {
             dir,
             inner: Mutex::new(map),
+            max: AtomicUsize::new(usize::MAX),
         }))
+    }
+
+    /// Sets `max_replication_slots`. Refused, as PostgreSQL refuses to start, when more slots
+    /// than that are stored: they would all be kept but some could not be used.
+    pub fn set_max(&self, max: usize) -> Result<(), TooManySlots> {
+        let stored = self.lock().len();
+        if stored > max {
+            return Err(TooManySlots { stored, max });
+        }
+        self.max.store(max, Ordering::Relaxed);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
@@ -184,9 +218,16 @@ impl Slots {
         owner_pid: i32,
     ) -> Result<(), SlotError> {
         validate_name(name)?;
+        let max = self.max.load(Ordering::Relaxed);
+        if max == 0 {
+            return Err(SlotError::Disabled);
+        }
         let mut map = self.lock();
         if map.contains_key(name) {
             return Err(SlotError::AlreadyExists(name.to_string()));
+        }
+        if map.len() >= max {
+            return Err(SlotError::AllInUse);
         }
         let data = SlotData {
             name: name.to_string(),
@@ -399,6 +440,43 @@ mod tests {
         ));
         again.drop_slot("s1", 1).unwrap();
         assert!(Slots::load(d.path()).unwrap().get("s1").is_none());
+    }
+
+    #[test]
+    fn max_replication_slots_counts_persistent_and_temporary_slots() {
+        let d = tempfile::tempdir().unwrap();
+        let slots = Slots::load(d.path()).unwrap();
+        slots.set_max(2).unwrap();
+        slots.create("a", false, None, 1).unwrap();
+        slots.create("t", true, None, 1).unwrap();
+        let full = slots.create("b", false, None, 1).unwrap_err();
+        assert!(matches!(full, SlotError::AllInUse), "{full:?}");
+        assert_eq!(full.to_string(), "all replication slots are in use");
+        assert_eq!(
+            full.hint(),
+            Some("Free one or increase max_replication_slots.")
+        );
+        // An existing name is still reported as such, as PostgreSQL checks it first.
+        assert!(matches!(
+            slots.create("a", false, None, 1).unwrap_err(),
+            SlotError::AlreadyExists(_)
+        ));
+        slots.drop_temporary_of(1);
+        slots.create("b", false, None, 1).unwrap();
+        // More stored than allowed: refused, as PostgreSQL refuses to start.
+        let again = Slots::load(d.path()).unwrap();
+        let e = again.set_max(1).unwrap_err();
+        assert_eq!((e.stored, e.max), (2, 1));
+        assert!(e
+            .to_string()
+            .starts_with("too many replication slots active before shutdown"));
+        again.set_max(0).unwrap_err();
+        let none = Slots::load(tempfile::tempdir().unwrap().path()).unwrap();
+        none.set_max(0).unwrap();
+        assert_eq!(
+            none.create("x", false, None, 1).unwrap_err().to_string(),
+            "replication slots can only be used if max_replication_slots > 0"
+        );
     }
 
     #[test]

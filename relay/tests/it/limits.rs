@@ -255,3 +255,78 @@ fn silent_and_stuck_clients_are_closed_and_the_standby_streams_on() {
         .count();
     assert_eq!(dropped, 2, "each dropped replica is logged once");
 }
+
+/// `--max-replication-slots 2`: a third relay slot gets PostgreSQL's `53400`, from psql and on
+/// the wire, while the standby streams on; a dropped slot makes room. A relay restarted with
+/// fewer allowed than it stores refuses to start, as PostgreSQL does.
+#[test]
+fn the_slot_past_max_replication_slots_gets_53400() {
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_args(&["--max-replication-slots", "2"])
+        .rows(1..=100)
+        .start();
+    let walreceiver = standby.psql("select pid from pg_stat_wal_receiver");
+    relay.create_slot("first");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres replication=true",
+        relay.port()
+    );
+    psql(&conninfo, "CREATE_REPLICATION_SLOT second PHYSICAL").expect("the second slot");
+    match psql(&conninfo, "CREATE_REPLICATION_SLOT third PHYSICAL") {
+        Ok(out) => panic!("a third slot past --max-replication-slots 2: {out}"),
+        Err(stderr) => assert!(
+            stderr.contains("ERROR:  all replication slots are in use")
+                && stderr.contains("HINT:  Free one or increase max_replication_slots."),
+            "psql said: {stderr}"
+        ),
+    }
+    let mut client = ReplClient::connect(relay.port(), "slot_admin").expect("connect");
+    let reply = client
+        .query("CREATE_REPLICATION_SLOT third PHYSICAL RESERVE_WAL")
+        .expect("reply");
+    let e = reply.error.expect("an error for the third slot");
+    assert_eq!((e.severity(), e.code()), ("ERROR", "53400"), "{e}");
+    assert_eq!(e.hint(), "Free one or increase max_replication_slots.");
+    // The session goes on: drop one, and the third fits.
+    let reply = client.query("DROP_REPLICATION_SLOT second").expect("drop");
+    assert_eq!(reply.error, None);
+    let reply = client
+        .query("CREATE_REPLICATION_SLOT third PHYSICAL RESERVE_WAL")
+        .expect("reply");
+    assert_eq!(reply.error, None);
+    drop(client);
+
+    workload::insert_rows(&primary, 101..=1000);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(
+        standby.psql("select pid from pg_stat_wal_receiver"),
+        walreceiver,
+        "the standby's walreceiver reconnected"
+    );
+
+    // Two slots stored, one allowed: the relay refuses to start and says why.
+    assert!(relay.stop().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["run", "--upstream", &primary.conninfo(), "--data-dir"])
+        .arg(relay.data_dir())
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--max-replication-slots", "1"])
+        .output()
+        .expect("run walrelay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with 2 slots stored: {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "too many replication slots active before shutdown: 2 stored, max_replication_slots is 1"
+        ),
+        "{stderr}"
+    );
+}

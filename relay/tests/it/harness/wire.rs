@@ -43,6 +43,11 @@ impl ServerError {
         self.field(b'M')
     }
 
+    /// `H`: the hint ("" when none).
+    pub fn hint(&self) -> &str {
+        self.field(b'H')
+    }
+
     fn decode(body: &[u8]) -> ServerError {
         let mut fields = Vec::new();
         let mut rest = body;
