@@ -68,11 +68,16 @@ fn max_size(n: Option<u64>) -> String {
 impl Reloader {
     /// Handles one SIGHUP.
     pub fn reload(&mut self) {
-        let Some(path) = &self.source.path else {
-            tracing::info!("SIGHUP: no config file (--config) to re-read; nothing changed");
-            return;
-        };
-        tracing::info!(config = %path.display(), "SIGHUP: re-reading the configuration");
+        // Without --config the flags and env cannot change, but the files they name can: the
+        // access files are re-read all the same, as PostgreSQL re-reads pg_hba.conf.
+        match &self.source.path {
+            Some(path) => {
+                tracing::info!(config = %path.display(), "SIGHUP: re-reading the configuration")
+            }
+            None => tracing::info!(
+                "SIGHUP: no config file (--config); re-reading the files the flags name"
+            ),
+        }
         let new = match self.source.load() {
             Ok(c) => c,
             Err(e) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::harness::pg::psql;
 use crate::harness::tls::TestCerts;
 use crate::harness::wire::{send_raw, RawOutcome};
-use crate::harness::{workload, PgCluster, Relay, Topology};
+use crate::harness::{os, workload, PgCluster, Relay, Topology};
 
 const HBA: &str = "\
 # downstream rules of the access test
@@ -254,8 +254,52 @@ fn access_tls_scram_standby_psql_and_refusals() {
         other => panic!("expected N, got {other:?}"),
     }
 
+    // SIGHUP with a changed hba file: a new line rejects `rep` for new connections, while the
+    // standby, connected as `rep`, streams on over the same session.
+    let walreceiver = "select pid, status from pg_stat_wal_receiver";
+    let before = standby.psql(walreceiver);
+    write(
+        hba.clone(),
+        &format!("hostssl   replication rep     127.0.0.1/32  reject\n{HBA}"),
+    );
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    let reloads = |log: &str| log.matches("reloaded: downstream access rules").count();
+    relay.wait_for_log("reloaded: downstream access rules");
+    let e = psql(
+        &conninfo(&relay, "user=rep password='s3cretpw' sslmode=require"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("pg_hba.conf rejects replication connection for host \"127.0.0.1\", user \"rep\", SSL encryption"),
+        "{e}"
+    );
+    let copied = format!(
+        "user=copied password='copied pw' sslmode=verify-full sslrootcert={}",
+        certs.ca_cert().display()
+    );
+    psql(&conninfo(&relay, &copied), "IDENTIFY_SYSTEM").expect("copied still gets in");
+    // A broken hba file is reported and the running rules stay.
+    write(
+        hba.clone(),
+        "hostssl replication rep 127.0.0.1/32 no-such-method\n",
+    );
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("downstream access files not reloaded, the running rules stay");
+    assert_eq!(reloads(&relay.log()), 1, "the broken file was applied");
+    psql(&conninfo(&relay, &copied), "IDENTIFY_SYSTEM").expect("copied still gets in");
+    let e = psql(
+        &conninfo(&relay, "user=rep password='s3cretpw' sslmode=require"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(e.contains("pg_hba.conf rejects"), "{e}");
+    workload::insert_rows(&primary, 321..=400);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(standby.psql(walreceiver), before, "the standby reconnected");
+
     // The standby streamed throughout; no password or verifier ever reached the log.
-    workload::insert_rows(&primary, 301..=320);
+    workload::insert_rows(&primary, 401..=420);
     workload::wait_rows(&primary, &standby);
     let log = relay.log();
     for secret in ["s3cret", "copied pw", verifier.as_str()] {
