@@ -16,7 +16,7 @@ use crate::harness::{lsn, wait_until, workload, PgCluster, ReceiveWal, Relay, To
 /// Waits until the relay streams from the server at `port` with its durable WAL on
 /// `timeline` (`/status` upstream port and timeline, metric `walrelay_timeline`); returns that
 /// `/status`.
-fn wait_upstream(relay: &Relay, port: u16, timeline: u32) -> Value {
+pub(crate) fn wait_upstream(relay: &Relay, port: u16, timeline: u32) -> Value {
     wait_until(
         &format!("the relay to stream timeline {timeline} from port {port}"),
         || {
@@ -37,7 +37,7 @@ fn wait_upstream(relay: &Relay, port: u16, timeline: u32) -> Value {
 }
 
 /// Waits until the standby's walreceiver streams WAL of `timeline`.
-fn wait_received_tli(standby: &PgCluster, timeline: u32) {
+pub(crate) fn wait_received_tli(standby: &PgCluster, timeline: u32) {
     standby.wait_for_value(
         &format!("the walreceiver to stream timeline {timeline}"),
         "select status || ':' || received_tli from pg_stat_wal_receiver",
@@ -46,7 +46,7 @@ fn wait_received_tli(standby: &PgCluster, timeline: u32) {
 }
 
 /// The walreceiver's pid and the port it streams from.
-fn walreceiver(standby: &PgCluster) -> String {
+pub(crate) fn walreceiver(standby: &PgCluster) -> String {
     standby.psql("select pid || ':' || sender_port from pg_stat_wal_receiver")
 }
 
@@ -94,7 +94,7 @@ fn assert_no_diverged_downstreams(relay: &Relay) {
 }
 
 /// The relay never moved WAL aside: nothing in `diverged/`, no divergence counted or logged.
-fn assert_relay_not_diverged(relay: &Relay) {
+pub(crate) fn assert_relay_not_diverged(relay: &Relay) {
     assert_eq!(
         os::files_in(&relay.data_dir().join("diverged")),
         Vec::<String>::new(),
@@ -121,7 +121,11 @@ fn segment_after(name: &str, segment: &str) -> bool {
 /// pg_receivewal followed the switch to `timeline` through the relay, on its one connection
 /// loop: it holds the history file, byte-identical to the new primary's, says so in its log,
 /// and reported no error.
-fn assert_receivewal_followed(receiver: &mut ReceiveWal, new_primary: &PgCluster, timeline: u32) {
+pub(crate) fn assert_receivewal_followed(
+    receiver: &mut ReceiveWal,
+    new_primary: &PgCluster,
+    timeline: u32,
+) {
     let history = format!("{timeline:08X}.history");
     wait_until(&format!("pg_receivewal to fetch {history}"), || {
         if receiver.wal_dir().join(&history).exists() {

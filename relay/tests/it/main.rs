@@ -5,8 +5,9 @@
 //!
 //! Run them with `scripts/test --test it [NAME_FILTER]`; `WALRELAY_TEST_KEEP=1` keeps a failed
 //! test's dirs, `WALRELAY_TEST_PGBIN` picks another PostgreSQL bin dir (default Debian's 15).
-//! `versions` runs PostgreSQL 16-18 from `scripts/install-pg-versions` when installed;
-//! `status_cli` and `dashboard_metrics` need only the relay (its upstream a closed port).
+//! `versions` is the PostgreSQL 13-18 matrix (`scripts/install-pg-versions`; a major that is
+//! not installed fails under CI); `status_cli` and `dashboard_metrics` need only the relay (its
+//! upstream a closed port).
 
 // A test that panics is a failed test: the no-unwrap/no-indexing rule is for the relay itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
