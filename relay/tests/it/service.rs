@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::failover::cut_off;
 use crate::harness::os::{self, TestDir};
+use crate::harness::wire::{ReplClient, WireError};
 use crate::harness::{wait_until, workload, PgCluster, Relay, Topology};
 use crate::limits::start_streaming;
 
@@ -287,6 +288,69 @@ fn sighup_lowers_wal_sender_timeout_for_running_walsenders() {
         .filter(|l| l.contains("due to replication timeout"))
         .collect();
     assert_eq!(timeouts.len(), 1, "only the silent replica: {timeouts:?}");
+}
+
+/// A new replication connection to the relay is refused with `53300`, as past
+/// `max_connections`.
+fn assert_too_many_clients(relay: &Relay, what: &str) {
+    match ReplClient::connect(relay.port(), "one_more") {
+        Err(WireError::Server(e)) => {
+            assert_eq!(e.code(), "53300", "{what}: {e}");
+            assert_eq!(e.message(), "sorry, too many clients already");
+        }
+        Err(e) => panic!("{what}: expected 53300, got {e}"),
+        Ok(_) => panic!("{what}: a client was let in past max_connections"),
+    }
+}
+
+/// `max_connections` lowered by SIGHUP below the connections in progress ends none of them (the
+/// standby streams on, an idle session still answers) and refuses new ones; raised again, new
+/// clients get in.
+#[test]
+fn sighup_changes_max_connections_for_new_connections_only() {
+    let conf_dir = TestDir::new("config");
+    let conf = conf_dir.path().join("relay.toml");
+    std::fs::write(&conf, "max_connections = 2\n").unwrap();
+    let conf_arg = conf.display().to_string();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_args(&["--config", &conf_arg])
+        .rows(1..=100)
+        .start();
+    let receiver = "select pid, status, sender_port from pg_stat_wal_receiver";
+    let before = standby.psql(receiver);
+    // The standby and this session: two of two.
+    let mut session = ReplClient::connect(relay.port(), "session").expect("a second connection");
+    assert_too_many_clients(&relay, "the third of max_connections 2");
+
+    std::fs::write(&conf, "max_connections = 1\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: max_connections changed from 2 to 1");
+    relay.wait_for_log("max_connections 1 is below the 2 downstream connections in progress");
+    let reply = session.query("IDENTIFY_SYSTEM").expect("IDENTIFY_SYSTEM");
+    assert_eq!(reply.error, None, "the session in progress was ended");
+    workload::insert_rows(&primary, 101..=200);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(standby.psql(receiver), before, "the standby reconnected");
+    assert_too_many_clients(&relay, "a new client past max_connections 1");
+
+    std::fs::write(&conf, "max_connections = 3\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: max_connections changed from 1 to 3");
+    let mut third = ReplClient::connect(relay.port(), "third").expect("a third connection");
+    assert_eq!(
+        third
+            .query("IDENTIFY_SYSTEM")
+            .expect("IDENTIFY_SYSTEM")
+            .error,
+        None
+    );
+    assert_too_many_clients(&relay, "the fourth of max_connections 3");
+    relay.assert_running();
 }
 
 /// The `failover_standby` set reloaded while the relay runs: a candidate added holds once the
