@@ -90,12 +90,16 @@ pub async fn run(
     ));
     service::notify_status("connecting to upstream");
     let failover_status = Arc::new(std::sync::Mutex::new(FailoverStatus::default()));
+    // The candidates' names, which a reload may change (within a non-empty set: see reload.rs).
+    let mut failover_names = None;
     if !cfg.failover_standbys.is_empty() {
         info!(standbys = ?cfg.failover_standbys, "failover-safe serving enabled");
+        let (names_tx, names_rx) = tokio::sync::watch::channel(cfg.failover_standbys.clone());
+        failover_names = Some(names_tx);
         tracker.spawn(
             FailoverWatcher {
                 conninfo: cfg.upstream.clone(),
-                names: cfg.failover_standbys.clone(),
+                names: names_rx,
                 application_name: format!("{} failover watcher", cfg.application_name),
                 store: store.clone(),
                 upstream: upstream_state.clone(),
@@ -145,6 +149,7 @@ pub async fn run(
         retention: retention_tx,
         log: log.map(Arc::new),
         downstream: Some(ctx),
+        failover: failover_names,
     };
     signals.wait(|| reloader.reload()).await;
     info!("shutting down");

@@ -3,20 +3,38 @@
 //!
 //! The file is merged with the flags and `WALRELAY_*` env the relay started with (they still
 //! win), and validated as at startup: a file that does not parse or validate is reported and
-//! the running settings stay. Applied in place: `log_filter` (the logger's reload layer) and
-//! the retention settings `wal_keep_size` and `max_slot_wal_keep_size` (the retention task's
-//! watch; a pass runs at once), and the downstream access files (`hba_file`, `auth_file`, the
-//! `tls_cert`/`tls_key` pair) re-read for new connections while established ones keep
-//! streaming; a bad access file is reported and the running rules stay. Everything else (`upstream`, `slot`, `listen`, `http`,
-//! `data_dir`, `failover_standby`, `log_format`) is logged as needing a restart and keeps its
-//! running value, so a later reload reports it again until the relay restarts.
+//! the running settings stay. Each setting applied is logged as `reloaded: NAME changed from
+//! OLD to NEW`. Applied in place:
+//!
+//! - `log_filter`: the logger's reload layer.
+//! - `wal_keep_size`, `max_slot_wal_keep_size`: the retention task's watch; a pass runs at once.
+//! - the downstream access files (`hba_file`, `auth_file`, the `tls_cert`/`tls_key` pair):
+//!   re-read for new connections while established ones keep streaming; a bad access file is
+//!   reported and the running rules stay.
+//! - the limits ([`downstream::Context::set_limits`]): `authentication_timeout` and
+//!   `max_connections` for connections that arrive from then on; `max_connections` lowered
+//!   below the connections in progress ends none of them (new ones are refused until fewer
+//!   remain); `wal_sender_timeout` for new walsenders and the running ones alike, as
+//!   PostgreSQL's walsenders take a reloaded `wal_sender_timeout`.
+//! - `failover_standby` within a non-empty set: the failover watcher reads the new set at
+//!   once (a removed candidate stops holding, an added one holds once it is seen on the
+//!   primary). Turning failover-safe serving on or off (an empty set to a non-empty one, or
+//!   back) needs a restart: it is a different way of serving, settled before the first byte
+//!   (the relay holds everything until the candidates are first read, readiness and `/status`
+//!   depend on it), and WAL already served beyond the candidates cannot be taken back from the
+//!   downstreams, so switching it on in flight would promise what it cannot keep.
+//!
+//! Everything else (`upstream`, `slot`, `listen`, `http`, `data_dir`, `log_format`, and
+//! `failover_standby` turned on or off) is logged as needing a restart and keeps its running
+//! value, so a later reload reports it again until the relay restarts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{FileConfig, Overrides, RelayConfig, Retention};
+use crate::config::{FileConfig, Limits, Overrides, RelayConfig, Retention};
 use crate::downstream;
 use crate::logging::LogHandle;
 
@@ -47,8 +65,11 @@ pub struct Reloader {
     pub retention: watch::Sender<Retention>,
     /// `None` when the logger is not this crate's (e.g. in tests).
     pub log: Option<Arc<LogHandle>>,
-    /// Where new downstream connections take their access rules; `None` in unit tests.
+    /// Where new downstream connections take their access rules and limits, and walsenders
+    /// their `wal_sender_timeout`; `None` in unit tests.
     pub downstream: Option<Arc<downstream::Context>>,
+    /// The failover watcher's candidates; `None` when the relay runs without them.
+    pub failover: Option<watch::Sender<Vec<String>>>,
 }
 
 /// A size the way the config file writes it.
@@ -63,6 +84,36 @@ fn size(n: u64) -> String {
 
 fn max_size(n: Option<u64>) -> String {
     n.map(size).unwrap_or_else(|| "-1".into())
+}
+
+/// A duration the way PostgreSQL shows a time setting: in the largest unit that holds it
+/// whole (`500ms`, `5s`, `1min`, `1h`), which the config file reads back.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0".into();
+    }
+    for (unit, n) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(n) {
+            return format!("{}{unit}", ms / n);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// `wal_sender_timeout`: `0` is off.
+fn timeout(d: Option<Duration>) -> String {
+    d.map(duration).unwrap_or_else(|| "0".into())
+}
+
+/// A list of standby names, as the log shows it: `[ha1, ha2]`.
+fn names(list: &[String]) -> String {
+    format!("[{}]", list.join(", "))
 }
 
 impl Reloader {
@@ -149,6 +200,40 @@ impl Reloader {
             self.running.retention = r;
             self.retention.send_replace(r);
         }
+        applied += self.reload_limits(new.limits);
+        let mut failover_restart = false;
+        if new.failover_standbys != self.running.failover_standbys {
+            let (old, list) = (&self.running.failover_standbys, &new.failover_standbys);
+            match &self.failover {
+                Some(tx) if !list.is_empty() => {
+                    applied += 1;
+                    tracing::info!(
+                        setting = "failover_standby",
+                        old = %names(old),
+                        new = %names(list),
+                        "reloaded: failover_standby changed from {} to {}",
+                        names(old),
+                        names(list)
+                    );
+                    tx.send_replace(list.clone());
+                    self.running.failover_standbys = list.clone();
+                }
+                _ => {
+                    failover_restart = true;
+                    tracing::warn!(
+                        setting = "failover_standby",
+                        old = %names(old),
+                        new = %names(list),
+                        "failover_standby changed from {} to {}: turning failover-safe serving {} \
+                         needs a restart (WAL already served past the candidates cannot be \
+                         taken back); the running value stays",
+                        names(old),
+                        names(list),
+                        if old.is_empty() { "on" } else { "off" }
+                    );
+                }
+            }
+        }
         let run = &self.running;
         let restart: Vec<&str> = [
             ("upstream", new.upstream != run.upstream),
@@ -156,10 +241,7 @@ impl Reloader {
             ("listen", new.listen != run.listen),
             ("http", new.http != run.http),
             ("data_dir", new.data_dir != run.data_dir),
-            (
-                "failover_standby",
-                new.failover_standbys != run.failover_standbys,
-            ),
+            ("failover_standby", failover_restart),
             ("log_format", new.log_format != run.log_format),
             (
                 "max_replication_slots",
@@ -186,11 +268,73 @@ impl Reloader {
             );
         }
     }
+
+    /// Applies changed limits to the downstream context; 1 when they changed, else 0.
+    fn reload_limits(&mut self, l: Limits) -> usize {
+        let old = self.running.limits;
+        if l == old {
+            return 0;
+        }
+        if l.max_connections != old.max_connections {
+            tracing::info!(
+                setting = "max_connections",
+                old = old.max_connections,
+                new = l.max_connections,
+                "reloaded: max_connections changed from {} to {}",
+                old.max_connections,
+                l.max_connections
+            );
+        }
+        if l.authentication_timeout != old.authentication_timeout {
+            let (o, n) = (
+                duration(old.authentication_timeout),
+                duration(l.authentication_timeout),
+            );
+            tracing::info!(
+                setting = "authentication_timeout",
+                old = %o,
+                new = %n,
+                "reloaded: authentication_timeout changed from {o} to {n}"
+            );
+        }
+        if l.wal_sender_timeout != old.wal_sender_timeout {
+            let (o, n) = (
+                timeout(old.wal_sender_timeout),
+                timeout(l.wal_sender_timeout),
+            );
+            tracing::info!(
+                setting = "wal_sender_timeout",
+                old = %o,
+                new = %n,
+                "reloaded: wal_sender_timeout changed from {o} to {n}"
+            );
+        }
+        self.running.limits = l;
+        if let Some(ctx) = &self.downstream {
+            ctx.set_limits(l);
+            let in_use = ctx.connections_in_use();
+            if in_use > l.max_connections {
+                // The limit is checked when a connection arrives: ending sessions in progress
+                // for it would drop replicas that are streaming.
+                tracing::warn!(
+                    max_connections = l.max_connections,
+                    connections = in_use,
+                    "max_connections {} is below the {in_use} downstream connections in \
+                     progress: they stay, and new connections are refused until fewer than {} \
+                     remain",
+                    l.max_connections,
+                    l.max_connections
+                );
+            }
+        }
+        1
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::downstream::context::Admission;
 
     fn write(dir: &std::path::Path, text: &str) -> PathBuf {
         let p = dir.join("relay.toml");
@@ -215,6 +359,7 @@ mod tests {
             retention: tx,
             log: None,
             downstream: None,
+            failover: None,
         };
         write(
             dir.path(),
@@ -231,5 +376,150 @@ mod tests {
         assert_eq!(size(1 << 30), "1GB");
         assert_eq!(size(0), "0 bytes");
         assert_eq!(max_size(None), "-1");
+    }
+
+    /// A reloader over a config file in `dir` that starts as `text`, with a downstream context
+    /// and, when the file names some, the failover watcher's candidates.
+    fn reloader(dir: &std::path::Path, text: &str) -> (Reloader, Arc<downstream::Context>) {
+        let source = ConfigSource {
+            path: Some(write(dir, text)),
+            overrides: Overrides::default(),
+        };
+        let running = source.load().unwrap();
+        let store = crate::store::Store::open(&dir.join("data")).unwrap();
+        let ctx = Arc::new(
+            downstream::Context::new(
+                store,
+                Arc::new(crate::lag::Registry::default()),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .with_limits(running.limits),
+        );
+        let failover = (!running.failover_standbys.is_empty())
+            .then(|| watch::Sender::new(running.failover_standbys.clone()));
+        let (retention, _) = watch::channel(running.retention);
+        let r = Reloader {
+            source,
+            running,
+            retention,
+            log: None,
+            downstream: Some(ctx.clone()),
+            failover,
+        };
+        (r, ctx)
+    }
+
+    const BASE: &str = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+
+    #[test]
+    fn applies_the_limits_to_new_connections_and_walsenders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, ctx) = reloader(
+            dir.path(),
+            &format!("{BASE}max_connections = 2\nwal_sender_timeout = \"1h\"\n"),
+        );
+        let mut walsender = ctx.subscribe_limits();
+        let held: Vec<_> = (0..2)
+            .map(|_| match ctx.admit() {
+                Admission::Session(p) => p,
+                _ => panic!("a session within max_connections 2 was not let in"),
+            })
+            .collect();
+        assert!(matches!(ctx.admit(), Admission::Refuse(_)));
+
+        write(
+            dir.path(),
+            &format!(
+                "{BASE}max_connections = 1\nwal_sender_timeout = \"2s\"\n\
+                 authentication_timeout = \"500ms\"\n"
+            ),
+        );
+        r.reload();
+        let want = Limits {
+            max_connections: 1,
+            authentication_timeout: Duration::from_millis(500),
+            wal_sender_timeout: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(ctx.limits(), want);
+        assert_eq!(r.running.limits, want);
+        // A running walsender is told.
+        assert!(walsender.has_changed().unwrap());
+        assert_eq!(
+            walsender.borrow_and_update().wal_sender_timeout,
+            Some(Duration::from_secs(2))
+        );
+        // Below the sessions in progress: they stay, new ones wait for the count to fall
+        // under the new limit.
+        assert_eq!(ctx.connections_in_use(), 2);
+        let mut held = held;
+        held.pop();
+        assert!(!matches!(ctx.admit(), Admission::Session(_)));
+        held.pop();
+        assert_eq!(ctx.connections_in_use(), 0);
+        assert!(matches!(ctx.admit(), Admission::Session(_)));
+
+        // Off, and back to the default.
+        write(dir.path(), &format!("{BASE}wal_sender_timeout = \"0\"\n"));
+        r.reload();
+        assert_eq!(ctx.limits().wal_sender_timeout, None);
+        assert_eq!(
+            ctx.limits(),
+            Limits {
+                wal_sender_timeout: None,
+                ..Limits::default()
+            }
+        );
+        // A bad value: nothing changes.
+        write(dir.path(), &format!("{BASE}max_connections = 0\n"));
+        r.reload();
+        assert_eq!(
+            ctx.limits().max_connections,
+            Limits::default().max_connections
+        );
+    }
+
+    #[test]
+    fn failover_standbys_change_within_a_set_and_on_or_off_waits_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _) = reloader(dir.path(), &format!("{BASE}failover_standby = [\"ha1\"]\n"));
+        let Some(tx) = r.failover.clone() else {
+            panic!("no failover watcher for a set of one")
+        };
+        let mut watcher = tx.subscribe();
+        write(
+            dir.path(),
+            &format!("{BASE}failover_standby = [\"ha1\", \"ha2\"]\n"),
+        );
+        r.reload();
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(*watcher.borrow_and_update(), ["ha1", "ha2"]);
+        assert_eq!(r.running.failover_standbys, ["ha1", "ha2"]);
+        write(dir.path(), &format!("{BASE}failover_standby = [\"ha2\"]\n"));
+        r.reload();
+        assert_eq!(*watcher.borrow_and_update(), ["ha2"]);
+        // Off: needs a restart, the watcher keeps its set.
+        write(dir.path(), BASE);
+        r.reload();
+        assert!(!watcher.has_changed().unwrap());
+        assert_eq!(r.running.failover_standbys, ["ha2"]);
+
+        // On, from none: needs a restart too.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _) = reloader(dir.path(), BASE);
+        assert!(r.failover.is_none());
+        write(dir.path(), &format!("{BASE}failover_standby = [\"ha1\"]\n"));
+        r.reload();
+        assert!(r.running.failover_standbys.is_empty());
+    }
+
+    #[test]
+    fn durations_read_as_postgresql_shows_them() {
+        assert_eq!(duration(Duration::from_secs(60)), "1min");
+        assert_eq!(duration(Duration::from_secs(5)), "5s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(timeout(None), "0");
+        assert_eq!(names(&["ha1".into(), "ha2".into()]), "[ha1, ha2]");
+        assert_eq!(names(&[]), "[]");
     }
 }

@@ -179,7 +179,7 @@ impl RelayConfig {
 }
 
 /// Limits on downstream connections (`max_connections`, …); `app` hands them to the
-/// downstream listener.
+/// downstream context, and a reload replaces them there (`reload.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,

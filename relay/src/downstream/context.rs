@@ -1,15 +1,19 @@
 //! What every downstream session shares: the store, the registry of connected replicas, the
 //! shutdown token, the source of BackendKeyData pids, and the access rules (hba rules, users,
 //! TLS identity), which a session reads once, when it starts ([`Context::access`]), so that a
-//! reload ([`Context::set_access`]) applies to new connections only.
+//! reload ([`Context::set_access`]) applies to new connections only, and the limits
+//! (`max_connections`, `authentication_timeout`, `wal_sender_timeout`), which a reload
+//! replaces too ([`Context::set_limits`]): `max_connections` and `authentication_timeout` are
+//! read when a connection arrives, `wal_sender_timeout` by every walsender as it streams (as
+//! PostgreSQL's walsenders re-read it at SIGHUP), through [`Context::subscribe_limits`].
 //!
 //! Nothing here decides what may be served: that is the store's servable end
 //! ([`crate::store::servable`]), read through [`Context::store`].
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Access;
@@ -24,22 +28,47 @@ pub struct Context {
     pub cancel: CancellationToken,
     next_pid: AtomicI32,
     access: RwLock<Arc<Access>>,
-    pub limits: Limits,
-    /// One permit per session, `max_connections` of them.
-    connections: Arc<Semaphore>,
+    limits: watch::Sender<Limits>,
+    /// Sessions in progress, each holding a [`Permit`]: at most `max_connections` are let in.
+    /// A count rather than a semaphore, so that lowering `max_connections` by a reload below
+    /// the sessions in progress ends none of them (as the count falls, new ones are let in
+    /// again once it is under the new limit).
+    connections: Arc<AtomicUsize>,
     /// Sessions past the limit that are read up to their startup packet before they are
     /// refused (PostgreSQL's dead-end backends), at most `max_connections` of them too.
-    refusals: Arc<Semaphore>,
+    refusals: Arc<AtomicUsize>,
 }
 
 /// What the listener does with a new connection.
 pub enum Admission {
     /// Within `max_connections`: a session, holding its permit until it ends.
-    Session(OwnedSemaphorePermit),
+    Session(Permit),
     /// Past the limit: read the startup packet, then refuse with `53300`.
-    Refuse(OwnedSemaphorePermit),
+    Refuse(Permit),
     /// Past the limit with the refusals full too: refuse at once, reading nothing.
     RefuseNow,
+}
+
+/// One place in a count of [`Context`]'s, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Permit {
+    /// A place in `count` if it is below `max`.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Permit> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(count.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Context {
@@ -54,25 +83,45 @@ impl Context {
             cancel,
             next_pid: AtomicI32::new(seed.max(1000)),
             access: RwLock::new(Arc::new(Access::loopback_default())),
-            limits: Limits::default(),
-            connections: Arc::new(Semaphore::new(Limits::default().max_connections)),
-            refusals: Arc::new(Semaphore::new(Limits::default().max_connections)),
+            limits: watch::Sender::new(Limits::default()),
+            connections: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
     /// The same context with these limits.
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.connections = Arc::new(Semaphore::new(limits.max_connections));
-        self.refusals = Arc::new(Semaphore::new(limits.max_connections));
-        self.limits = limits;
+    pub fn with_limits(self, limits: Limits) -> Self {
+        self.set_limits(limits);
         self
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> Limits {
+        *self.limits.borrow()
+    }
+
+    /// Replaces the limits (a reload): connections that arrive from now on are admitted and
+    /// timed by them, and running walsenders take the new `wal_sender_timeout` at once.
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.send_replace(limits);
+    }
+
+    /// The limits, seen changing: a walsender's `wal_sender_timeout`.
+    pub fn subscribe_limits(&self) -> watch::Receiver<Limits> {
+        self.limits.subscribe()
+    }
+
+    /// Sessions in progress (those let in under `max_connections`).
+    pub fn connections_in_use(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     /// Takes a connection slot for a new client, if there is one.
     pub fn admit(&self) -> Admission {
-        if let Ok(p) = self.connections.clone().try_acquire_owned() {
+        let max = self.limits().max_connections;
+        if let Some(p) = Permit::take(&self.connections, max) {
             Admission::Session(p)
-        } else if let Ok(p) = self.refusals.clone().try_acquire_owned() {
+        } else if let Some(p) = Permit::take(&self.refusals, max) {
             Admission::Refuse(p)
         } else {
             Admission::RefuseNow

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsStream;
 use tracing::{field, info, warn, Instrument};
 
@@ -21,7 +21,7 @@ use super::auth::{self, Access};
 use super::client::{server_major, Client};
 use super::commands;
 use super::connection::{Conn, READ_CHUNK};
-use super::context::Context;
+use super::context::{Context, Permit};
 use super::error::{too_many_clients, SessionEnd};
 use crate::access::tls::check_direct_alpn;
 use crate::proto::backend;
@@ -33,12 +33,7 @@ use crate::proto::ProtocolError;
 use crate::wire::{Framed, Stream, WireError};
 
 /// One session, holding its `max_connections` permit until it ends.
-pub async fn run(
-    ctx: Arc<Context>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
+pub async fn run(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr, _permit: Permit) {
     let pid = ctx.next_pid();
     let span = tracing::info_span!(
         "downstream",
@@ -56,7 +51,9 @@ pub async fn run(
         // One authentication_timeout covers the TLS handshake, the startup packet and the
         // authentication exchange, as PostgreSQL's does.
         let (authenticated, startup_done) = oneshot::channel();
-        let deadline = startup_deadline(startup_done, ctx.limits.authentication_timeout);
+        // Read once, when the connection arrives: a reload applies to the next connections.
+        let auth_timeout = ctx.limits().authentication_timeout;
+        let deadline = startup_deadline(startup_done, auth_timeout);
         tokio::pin!(deadline);
         let opened = tokio::select! {
             r = open(&access, socket) => Ok(r),
@@ -109,7 +106,7 @@ pub async fn run(
             }
             // As PostgreSQL: the client is told nothing, the connection just closes.
             Err(SessionEnd::AuthenticationTimeout) => info!(
-                timeout = %humantime::format_duration(ctx.limits.authentication_timeout),
+                timeout = %humantime::format_duration(auth_timeout),
                 "closing downstream connection: startup and authentication not finished within authentication_timeout"
             ),
             Err(SessionEnd::Io(e)) => info!("downstream connection lost: {e}"),
@@ -123,16 +120,11 @@ pub async fn run(
 
 /// A client past `max_connections`: as PostgreSQL does, its startup packet is read (SSL and
 /// GSS requests answered as usual) and then it gets `53300` and is closed.
-pub async fn refuse(
-    ctx: Arc<Context>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
+pub async fn refuse(ctx: Arc<Context>, socket: TcpStream, peer: SocketAddr, _permit: Permit) {
     let span = tracing::info_span!("downstream", peer = %peer);
     async move {
         let access = ctx.access();
-        let timeout = ctx.limits.authentication_timeout;
+        let timeout = ctx.limits().authentication_timeout;
         if let Ok((framed, started)) = tokio::time::timeout(timeout, open(&access, socket)).await {
             let mut conn = framed.map(Conn::from_framed);
             match started {

@@ -10,17 +10,21 @@
 //! switch point), one watch, and applies [`Servable::bound`] to its timeline.
 //!
 //! Invariant: no byte at or past the published servable end is ever sent.
+//!
+//! `wal_sender_timeout` is followed as it is reloaded (SIGHUP): the walsender watches the
+//! context's limits and times its client by the new value from then on, as PostgreSQL's
+//! walsenders re-read their settings at each loop after a SIGHUP.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::client::Client;
 use super::connection::Conn;
-use super::context::Context;
+use super::context::{Context, Limits};
 use super::error::{not_in_history, read_error, slot_error, SessionEnd};
 use crate::lag::registry::{Downstream, RegistryGuard, WalSndState};
 use crate::proto::backend::{self, Column};
@@ -177,6 +181,8 @@ pub async fn start_replication(
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let heard = Arc::new(Heard::new());
     let reader_task = tokio::spawn(read_replies(rd, ev_tx, heard.clone()));
+    let mut limits = ctx.subscribe_limits();
+    let timeout = limits.borrow_and_update().wal_sender_timeout;
     let mut s = Sender {
         ctx: ctx.clone(),
         guard,
@@ -187,7 +193,8 @@ pub async fn start_replication(
         reader: reader.take(),
         ev_rx,
         heard,
-        timeout: ctx.limits.wal_sender_timeout,
+        timeout,
+        limits,
         application_name: client.application_name.clone(),
         durable_at: Instant::now(),
         ping_sent_at: None,
@@ -218,6 +225,8 @@ struct Sender {
     heard: Arc<Heard>,
     /// `wal_sender_timeout`; `None` is off.
     timeout: Option<Duration>,
+    /// Where a reloaded `wal_sender_timeout` comes from ([`Sender::reload_timeout`]).
+    limits: watch::Receiver<Limits>,
     application_name: String,
     durable_at: Instant,
     /// [`Heard::count`] when a keepalive asking for a reply was sent, if one was
@@ -279,6 +288,7 @@ impl Sender {
         let mut servable_rx = self.ctx.store.subscribe_servable();
         let mut keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
+            self.reload_timeout();
             if let Some(rd) = self.after_write(conn).await? {
                 return Ok(rd);
             }
@@ -354,8 +364,20 @@ impl Sender {
                     keepalive_due = Instant::now() + KEEPALIVE_INTERVAL;
                 }
                 _ = sleep_until_opt(timeout_at) => self.check_timeout()?,
+                // Woken to compute the waits again with the new timeout.
+                () = limits_changed(&mut self.limits) => self.reload_timeout(),
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
             }
+        }
+    }
+
+    /// Takes a reloaded `wal_sender_timeout`, if there is one. (Read every time, not only
+    /// when the watch says it changed: [`limits_changed`] has already marked it seen.)
+    fn reload_timeout(&mut self) {
+        let new = self.limits.borrow_and_update().wal_sender_timeout;
+        if new != self.timeout {
+            tracing::debug!(old = ?self.timeout, new = ?new, "wal_sender_timeout reloaded");
+            self.timeout = new;
         }
     }
 
@@ -419,6 +441,7 @@ impl Sender {
                     continue;
                 }
                 _ = sleep_until_opt(deadline) => {}
+                () = limits_changed(&mut self.limits) => self.reload_timeout(),
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
             }
             let Some(t) = self.timeout else { continue };
@@ -613,6 +636,11 @@ impl Sender {
                     self.check_timeout()?;
                     continue;
                 }
+                () = limits_changed(&mut self.limits) => {
+                    self.reload_timeout();
+                    self.check_timeout()?;
+                    continue;
+                }
                 _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Shutdown),
                 }
             };
@@ -676,6 +704,13 @@ async fn read_replies(
         if tx.send(ev).await.is_err() || last {
             return;
         }
+    }
+}
+
+/// Ends when the limits change; never, once they cannot (the context is gone).
+async fn limits_changed(rx: &mut watch::Receiver<Limits>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

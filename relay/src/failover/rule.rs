@@ -34,6 +34,19 @@ impl HoldRule {
         }
     }
 
+    /// The candidates watched.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// A reload changed the candidates: the ones kept keep what was seen of them on this
+    /// primary (their hold stands), a removed one no longer holds, an added one holds once it
+    /// is seen, like any candidate not yet attached.
+    pub fn set_names(&mut self, names: Vec<String>) {
+        self.seen.retain(|n, _| names.contains(n));
+        self.names = names;
+    }
+
     /// The primary changed: what was seen on the old one says nothing about the new one.
     pub fn reset(&mut self) {
         self.seen.clear();
@@ -115,5 +128,31 @@ mod tests {
         assert_eq!(r.observe(&rows(&[("ha2", 5)])).0, Some(Lsn(5)));
         r.reset();
         assert_eq!(r.observe(&rows(&[])).0, None);
+    }
+
+    #[test]
+    fn a_reloaded_set_keeps_what_was_seen_of_the_kept_candidates() {
+        let mut r = HoldRule::new(vec!["ha1".into(), "ha2".into()]);
+        r.observe(&rows(&[("ha1", 100), ("ha2", 90)]));
+        // ha2 goes missing: it holds at 90.
+        assert_eq!(r.observe(&rows(&[("ha1", 200)])).0, Some(Lsn(90)));
+        // ha2 removed, ha3 added: ha1 alone bounds; ha3, not seen yet, does not hold.
+        r.set_names(vec!["ha1".into(), "ha3".into()]);
+        assert_eq!(r.names(), ["ha1", "ha3"]);
+        let (limit, st) = r.observe(&rows(&[("ha1", 200)]));
+        assert_eq!(limit, Some(Lsn(200)));
+        assert_eq!(st[1], ("ha3".to_string(), CandidateState::NeverSeen));
+        // ha3 seen: it bounds, and it holds once it goes missing.
+        assert_eq!(
+            r.observe(&rows(&[("ha1", 300), ("ha3", 250)])).0,
+            Some(Lsn(250))
+        );
+        assert_eq!(r.observe(&rows(&[("ha1", 400)])).0, Some(Lsn(250)));
+        // ha2 back in the set: what was seen of it before its removal is gone, it starts
+        // as never seen.
+        r.set_names(vec!["ha1".into(), "ha2".into()]);
+        let (limit, st) = r.observe(&rows(&[("ha1", 400)]));
+        assert_eq!(limit, Some(Lsn(400)));
+        assert_eq!(st[1].1, CandidateState::NeverSeen);
     }
 }

@@ -5,11 +5,16 @@
 //! It polls only while WAL is waiting to be released (the durable end is past the limit), every
 //! [`POLL_INTERVAL`], so the added latency stays in single-digit milliseconds under load and an
 //! idle primary sees no queries beyond one every [`IDLE_POLL`].
+//!
+//! The candidates' names come through a watch, so that a reload (SIGHUP) changes the set
+//! while the relay runs: the watcher takes the new set before each reading
+//! ([`HoldRule::set_names`]), and is woken by the change when it waits.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
@@ -49,7 +54,9 @@ pub struct CandidateJson {
 
 pub struct FailoverWatcher {
     pub conninfo: ConnInfo,
-    pub names: Vec<String>,
+    /// The candidates' `application_name`s; never empty (without candidates there is no
+    /// watcher), changed by a reload.
+    pub names: watch::Receiver<Vec<String>>,
     pub application_name: String,
     pub store: Arc<Store>,
     pub upstream: Arc<UpstreamState>,
@@ -63,7 +70,10 @@ impl FailoverWatcher {
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        let span = tracing::info_span!("failover_watcher", standbys = ?self.names);
+        let mut names = self.names.clone();
+        let first = names.borrow_and_update().clone();
+        // No standbys field: the set can change (it is logged when it does).
+        let span = tracing::info_span!("failover_watcher");
         async move {
             // Until the first reading, hold at what is durable now: nothing new is served
             // before the candidates' positions are known.
@@ -72,14 +82,15 @@ impl FailoverWatcher {
                 timeline: d.timeline,
                 lsn: d.lsn,
             });
-            let mut rule = HoldRule::new(self.names.clone());
+            let mut rule = HoldRule::new(first);
             let mut primary: Option<(String, u16, TimeLineId)> = None;
             loop {
                 if cancel.is_cancelled() {
                     return;
                 }
+                self.take_names(&mut names, &mut rule);
                 let r = tokio::select! {
-                    r = self.session(&mut rule, &mut primary) => r,
+                    r = self.session(&mut rule, &mut names, &mut primary) => r,
                     _ = cancel.cancelled() => return,
                 };
                 if let Err(e) = r {
@@ -99,10 +110,39 @@ impl FailoverWatcher {
         .await
     }
 
+    /// Takes a reloaded set of candidates into the rule, if it changed, and shows it in the
+    /// status at once (the kept ones as they were, the added ones not seen yet) rather than at
+    /// the next reading, which waits for the primary. (Read every time, not only when the watch
+    /// says so: the watcher's wait has marked the change seen.)
+    fn take_names(&self, names: &mut watch::Receiver<Vec<String>>, rule: &mut HoldRule) {
+        let new = names.borrow_and_update().clone();
+        if new == rule.names() {
+            return;
+        }
+        info!(standbys = ?new, "failover standbys reloaded: now watching {}", new.join(", "));
+        self.set_status(|s| {
+            s.standbys = new
+                .iter()
+                .map(|name| {
+                    s.standbys
+                        .iter()
+                        .find(|c| &c.application_name == name)
+                        .cloned()
+                        .unwrap_or_else(|| CandidateJson {
+                            application_name: name.clone(),
+                            state: CandidateState::NeverSeen,
+                        })
+                })
+                .collect();
+        });
+        rule.set_names(new);
+    }
+
     /// One SQL session to the primary the upstream streams from; ends when that changes.
     async fn session(
         &self,
         rule: &mut HoldRule,
+        names: &mut watch::Receiver<Vec<String>>,
         primary: &mut Option<(String, u16, TimeLineId)>,
     ) -> anyhow::Result<()> {
         let up = self.upstream.get();
@@ -150,6 +190,7 @@ impl FailoverWatcher {
                 conn.terminate().await;
                 return Ok(());
             }
+            self.take_names(names, rule);
             let rows = conn.simple_query(QUERY).await?;
             let mut obs: Vec<(String, Lsn)> = Vec::new();
             let mut unreadable: Vec<String> = Vec::new();
@@ -159,7 +200,7 @@ impl FailoverWatcher {
                 };
                 match r.get(1).cloned().flatten().and_then(|l| l.parse().ok()) {
                     Some(lsn) => obs.push((name, lsn)),
-                    None if self.names.contains(&name) => unreadable.push(name),
+                    None if rule.names().contains(&name) => unreadable.push(name),
                     None => {}
                 }
             }
@@ -230,10 +271,12 @@ impl FailoverWatcher {
                     .collect();
             });
             let waiting = limit.is_some_and(|l| self.store.durable().lsn > l);
-            if waiting {
-                tokio::time::sleep(POLL_INTERVAL).await;
-            } else {
-                let _ = tokio::time::timeout(IDLE_POLL, durable_rx.changed()).await;
+            let wait = if waiting { POLL_INTERVAL } else { IDLE_POLL };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = durable_rx.changed(), if !waiting => if r.is_err() { tokio::time::sleep(wait).await },
+                // A reload: read again with the new set at once.
+                Ok(()) = names.changed() => {}
             }
         }
     }

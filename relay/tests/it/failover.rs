@@ -52,7 +52,7 @@ pub(crate) fn walreceiver(standby: &PgCluster) -> String {
 
 /// Cuts the HA standby `name` off the primary: its walreceiver stops and stays stopped, so it
 /// lags from now on. Returns the end of the WAL it received.
-fn cut_off(primary: &PgCluster, ha: &PgCluster, name: &str) -> Lsn {
+pub(crate) fn cut_off(primary: &PgCluster, ha: &PgCluster, name: &str) -> Lsn {
     ha.set_primary_conninfo(None);
     ha.wait_for_value(
         "the walreceiver to stop",

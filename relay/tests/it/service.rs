@@ -2,15 +2,19 @@
 //! socket bound here) and `WATCHDOG_USEC` as systemd sets them (`WATCHDOG_PID` unset, which
 //! means the main process). READY=1 only once the relay streams; STATUS= says what it does;
 //! watchdog pings go on while an idle primary sends nothing but keepalives; SIGHUP reloads the
-//! config file without dropping a streaming standby.
+//! config file without dropping a streaming standby, and a reloaded `wal_sender_timeout` or
+//! `failover_standby` set is what the running relay goes by.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::failover::cut_off;
 use crate::harness::os::{self, TestDir};
-use crate::harness::{wait_until, workload, PgCluster, Relay};
+use crate::harness::wire::{ReplClient, WireError};
+use crate::harness::{wait_until, workload, PgCluster, Relay, Topology};
+use crate::limits::start_streaming;
 
 /// What systemd would receive: every datagram, in order.
 struct NotifySocket {
@@ -225,6 +229,200 @@ fn sighup_reloads_without_dropping_a_standby() {
     // No second READY=1 for a reload.
     sock.drain(Duration::from_millis(200));
     assert_eq!(sock.count("READY=1"), 1, "{:?}", sock.seen);
+}
+
+/// `wal_sender_timeout` lowered by SIGHUP from 1h to 5s: the standby streams on through the
+/// same walreceiver, and a replica that was already streaming and never replies is dropped by
+/// its running walsender per the new value (under the old one it would stream for an hour).
+#[test]
+fn sighup_lowers_wal_sender_timeout_for_running_walsenders() {
+    let conf_dir = TestDir::new("config");
+    let conf = conf_dir.path().join("relay.toml");
+    std::fs::write(&conf, "wal_sender_timeout = \"1h\"\n").unwrap();
+    let conf_arg = conf.display().to_string();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_args(&["--config", &conf_arg])
+        .rows(1..=100)
+        .start();
+    let receiver = "select pid, status, sender_port from pg_stat_wal_receiver";
+    let before = standby.psql(receiver);
+    // Streaming, never reading nor replying: with the 1h timeout, nothing ends it.
+    let silent = start_streaming(relay.port(), "silent", None);
+    relay.wait_for_downstream("silent");
+
+    std::fs::write(&conf, "wal_sender_timeout = \"5s\"\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: wal_sender_timeout changed from 1h to 5s");
+    let dropped = wait_until("the silent replica to be dropped", || {
+        relay
+            .log()
+            .lines()
+            .find(|l| {
+                l.contains("terminating walsender process due to replication timeout")
+                    && l.contains("application_name=silent")
+            })
+            .map(str::to_string)
+            .ok_or_else(|| relay.log_tail())
+    });
+    assert!(dropped.contains("timeout=5s"), "{dropped}");
+    relay.wait_status("the silent replica gone from /status", |s| {
+        s["downstreams"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|d| d["application_name"] != "silent"))
+    });
+    drop(silent);
+
+    // The standby answers the pings of the new timeout and streams on.
+    workload::insert_rows(&primary, 101..=200);
+    workload::wait_rows(&primary, &standby);
+    relay.assert_running();
+    assert_eq!(standby.psql(receiver), before, "the standby reconnected");
+    let log = relay.log();
+    let timeouts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("due to replication timeout"))
+        .collect();
+    assert_eq!(timeouts.len(), 1, "only the silent replica: {timeouts:?}");
+}
+
+/// A new replication connection to the relay is refused with `53300`, as past
+/// `max_connections`.
+fn assert_too_many_clients(relay: &Relay, what: &str) {
+    match ReplClient::connect(relay.port(), "one_more") {
+        Err(WireError::Server(e)) => {
+            assert_eq!(e.code(), "53300", "{what}: {e}");
+            assert_eq!(e.message(), "sorry, too many clients already");
+        }
+        Err(e) => panic!("{what}: expected 53300, got {e}"),
+        Ok(_) => panic!("{what}: a client was let in past max_connections"),
+    }
+}
+
+/// `max_connections` lowered by SIGHUP below the connections in progress ends none of them (the
+/// standby streams on, an idle session still answers) and refuses new ones; raised again, new
+/// clients get in.
+#[test]
+fn sighup_changes_max_connections_for_new_connections_only() {
+    let conf_dir = TestDir::new("config");
+    let conf = conf_dir.path().join("relay.toml");
+    std::fs::write(&conf, "max_connections = 2\n").unwrap();
+    let conf_arg = conf.display().to_string();
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .relay_args(&["--config", &conf_arg])
+        .rows(1..=100)
+        .start();
+    let receiver = "select pid, status, sender_port from pg_stat_wal_receiver";
+    let before = standby.psql(receiver);
+    // The standby and this session: two of two.
+    let mut session = ReplClient::connect(relay.port(), "session").expect("a second connection");
+    assert_too_many_clients(&relay, "the third of max_connections 2");
+
+    std::fs::write(&conf, "max_connections = 1\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: max_connections changed from 2 to 1");
+    relay.wait_for_log("max_connections 1 is below the 2 downstream connections in progress");
+    let reply = session.query("IDENTIFY_SYSTEM").expect("IDENTIFY_SYSTEM");
+    assert_eq!(reply.error, None, "the session in progress was ended");
+    workload::insert_rows(&primary, 101..=200);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(standby.psql(receiver), before, "the standby reconnected");
+    assert_too_many_clients(&relay, "a new client past max_connections 1");
+
+    std::fs::write(&conf, "max_connections = 3\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: max_connections changed from 1 to 3");
+    let mut third = ReplClient::connect(relay.port(), "third").expect("a third connection");
+    assert_eq!(
+        third
+            .query("IDENTIFY_SYSTEM")
+            .expect("IDENTIFY_SYSTEM")
+            .error,
+        None
+    );
+    assert_too_many_clients(&relay, "the fourth of max_connections 3");
+    relay.assert_running();
+}
+
+/// The `failover_standby` set reloaded while the relay runs: a candidate added holds once the
+/// relay has seen it on the primary, and a missing one removed from the set stops holding, so
+/// that the rows it held back reach the standby behind the relay. Turning failover-safe serving
+/// off is named as needing a restart, and the running set stays.
+#[test]
+fn sighup_changes_the_failover_standby_set() {
+    let conf_dir = TestDir::new("config");
+    let conf = conf_dir.path().join("relay.toml");
+    std::fs::write(&conf, "failover_standby = [\"ha1\"]\n").unwrap();
+    let conf_arg = conf.display().to_string();
+    let Topology {
+        primary,
+        candidates: [_ha1, ha2],
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha1", "ha2"])
+        .relay_args(&["--config", &conf_arg])
+        .rows(1..=100)
+        .start();
+    let names = |s: &serde_json::Value| -> Vec<String> {
+        s["failover"]["standbys"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|c| {
+                        format!(
+                            "{}:{}",
+                            c["application_name"].as_str().unwrap_or(""),
+                            c["state"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    relay.wait_status("ha1 alone, confirmed", |s| names(s) == ["ha1:confirmed"]);
+
+    std::fs::write(&conf, "failover_standby = [\"ha1\", \"ha2\"]\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: failover_standby changed from [ha1] to [ha1, ha2]");
+    relay.wait_status("ha1 and ha2 confirmed", |s| {
+        names(s) == ["ha1:confirmed", "ha2:confirmed"]
+    });
+    // ha2, now in the set and seen, holds the relay once it is cut off.
+    cut_off(&primary, &ha2, "ha2");
+    relay.wait_status("the relay holding for the missing ha2", |s| {
+        s["failover"]["holding"] == true && names(s) == ["ha1:confirmed", "ha2:missing"]
+    });
+    workload::insert_rows(&primary, 101..=200);
+
+    // ha2 out of the set: nothing holds, the rows reach the standby.
+    std::fs::write(&conf, "failover_standby = [\"ha1\"]\n").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: failover_standby changed from [ha1, ha2] to [ha1]");
+    relay.wait_status("ha1 alone, not holding", |s| {
+        s["failover"]["holding"] == false && names(s) == ["ha1:confirmed"]
+    });
+    workload::wait_rows(&primary, &standby);
+
+    // Off: needs a restart; the relay keeps watching ha1.
+    std::fs::write(&conf, "").unwrap();
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("turning failover-safe serving off needs a restart");
+    relay.wait_for_log(
+        "changed settings that need a restart to apply (the running values stay): failover_standby",
+    );
+    assert_eq!(names(&relay.status()), ["ha1:confirmed"]);
+    relay.assert_running();
 }
 
 /// The config file's `log_format = "json"` is honoured at startup: every line the relay logs
