@@ -126,7 +126,9 @@ pub(crate) mod fixtures {
     use super::*;
     use crate::failover::watcher::CandidateJson;
     use crate::failover::{CandidateState, FailoverStatus};
-    use crate::http::status::{DivergedJson, DownstreamJson, Status, UpstreamJson};
+    use crate::http::status::{
+        DivergedJson, DownstreamJson, SlotJson, Status, StoreJson, UpstreamJson,
+    };
 
     pub(crate) fn upstream() -> UpstreamView {
         UpstreamView {
@@ -235,6 +237,21 @@ pub(crate) mod fixtures {
                 connected: false,
                 last_error: Some("f".into()),
             }),
+            store: StoreJson {
+                servable_lsn: Some(Lsn(0x2F0_0000)),
+                wal_segments: Some(3),
+                wal_stored_bytes: Some(3 << 24),
+                data_dir_free_bytes: Some(1 << 30),
+                data_dir_size_bytes: Some(4 << 30),
+            },
+            slots: vec![SlotJson {
+                slot_name: "replica_slot".into(),
+                temporary: false,
+                active_pid: Some(7),
+                restart_lsn: Some(Lsn(0x200_0000)),
+                invalidation_reason: None,
+                retained_bytes: 0xF0_0000,
+            }],
         }
     }
 }
