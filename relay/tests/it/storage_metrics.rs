@@ -221,6 +221,13 @@ fn storage_metrics_match_the_data_directory() {
         "keeper retains {retained} bytes; it was reserved at {reserved} and the relay has WAL up to {end}"
     );
 
+    // `walrelay status` shows the store and the slot to the operator.
+    let table = relay.status_command(&[]);
+    assert!(
+        table.contains("\nstore: ") && table.contains("  slot keeper retains "),
+        "{table}"
+    );
+
     let free = assert_disk_gauges_match(&relay);
     assert!(free > 0, "walrelay_data_dir_free_bytes is 0");
 
