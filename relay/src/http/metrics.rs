@@ -11,18 +11,22 @@ use super::{Disk, HttpState};
 /// What the store takes on disk. A figure that could not be read has no sample (its
 /// `# HELP` / `# TYPE` stay), so a failed measurement never reads as an empty disk.
 fn storage(out: &mut String, s: &HttpState, disk: &Disk) {
+    // Each family's samples right after its own HELP / TYPE: the text format keeps a family's
+    // lines together.
     header(
         out,
         "walrelay_wal_stored_bytes",
         "Bytes of WAL segment files in the store (complete and .partial, every timeline).",
     );
+    if let Some(w) = disk.wal {
+        sample(out, "walrelay_wal_stored_bytes", w.bytes);
+    }
     header(
         out,
         "walrelay_wal_segments",
         "WAL segment files in the store (complete and .partial, every timeline).",
     );
     if let Some(w) = disk.wal {
-        sample(out, "walrelay_wal_stored_bytes", w.bytes);
         sample(out, "walrelay_wal_segments", w.segments);
     }
     header(
@@ -30,13 +34,15 @@ fn storage(out: &mut String, s: &HttpState, disk: &Disk) {
         "walrelay_data_dir_free_bytes",
         "Bytes available to the relay on the data directory's file system (statvfs f_bavail).",
     );
+    if let Some(d) = disk.space {
+        sample(out, "walrelay_data_dir_free_bytes", d.free);
+    }
     header(
         out,
         "walrelay_data_dir_size_bytes",
         "Size of the data directory's file system.",
     );
     if let Some(d) = disk.space {
-        sample(out, "walrelay_data_dir_free_bytes", d.free);
         sample(out, "walrelay_data_dir_size_bytes", d.size);
     }
     header(
