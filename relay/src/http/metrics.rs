@@ -1,10 +1,64 @@
 //! `/metrics`: counters recorded through the `metrics` facade (rendered by the Prometheus
 //! exporter), plus gauges computed at scrape time from live state, so a replica that
-//! disconnected leaves no stale series behind.
+//! disconnected or a slot that was dropped leaves no stale series behind. The store's figures
+//! on disk (segments, bytes, free space) are measured for each scrape too ([`Disk`]), so they
+//! follow every segment the writer creates and retention removes without either reporting it.
 
 use std::fmt::Write;
 
-use super::HttpState;
+use super::{Disk, HttpState};
+
+/// What the store takes on disk. A figure that could not be read has no sample (its
+/// `# HELP` / `# TYPE` stay), so a failed measurement never reads as an empty disk.
+fn storage(out: &mut String, s: &HttpState, disk: &Disk) {
+    // Each family's samples right after its own HELP / TYPE: the text format keeps a family's
+    // lines together.
+    header(
+        out,
+        "walrelay_wal_stored_bytes",
+        "Bytes of WAL segment files in the store (complete and .partial, every timeline).",
+    );
+    if let Some(w) = disk.wal {
+        sample(out, "walrelay_wal_stored_bytes", w.bytes);
+    }
+    header(
+        out,
+        "walrelay_wal_segments",
+        "WAL segment files in the store (complete and .partial, every timeline).",
+    );
+    if let Some(w) = disk.wal {
+        sample(out, "walrelay_wal_segments", w.segments);
+    }
+    header(
+        out,
+        "walrelay_data_dir_free_bytes",
+        "Bytes available to the relay on the data directory's file system (statvfs f_bavail).",
+    );
+    if let Some(d) = disk.space {
+        sample(out, "walrelay_data_dir_free_bytes", d.free);
+    }
+    header(
+        out,
+        "walrelay_data_dir_size_bytes",
+        "Size of the data directory's file system.",
+    );
+    if let Some(d) = disk.space {
+        sample(out, "walrelay_data_dir_size_bytes", d.size);
+    }
+    header(
+        out,
+        "walrelay_slot_retained_bytes",
+        "WAL the store keeps for a relay replication slot: servable end minus its restart_lsn.",
+    );
+    for r in s.store.slot_retention(s.store.servable().end().lsn) {
+        let _ = writeln!(
+            out,
+            "walrelay_slot_retained_bytes{{slot_name=\"{}\"}} {}",
+            esc(&r.slot.slot_name),
+            r.retained_bytes
+        );
+    }
+}
 
 /// Prometheus label value escaping.
 fn esc(v: &str) -> String {
@@ -31,10 +85,21 @@ fn sample(out: &mut String, name: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{name} {value}");
 }
 
-pub fn render(s: &HttpState) -> String {
+pub fn render(s: &HttpState, disk: &Disk) -> String {
     let mut out = s.prometheus.render();
     let up = s.upstream.get();
     let durable = s.store.durable();
+
+    header(
+        &mut out,
+        "walrelay_build_info",
+        "Always 1; the version label is the walrelay release.",
+    );
+    let _ = writeln!(
+        out,
+        "walrelay_build_info{{version=\"{}\"}} 1",
+        esc(env!("CARGO_PKG_VERSION"))
+    );
 
     header(
         &mut out,
@@ -115,6 +180,8 @@ pub fn render(s: &HttpState) -> String {
             .unwrap_or(0);
         sample(&mut out, "walrelay_failover_limit_lag_bytes", held);
     }
+
+    storage(&mut out, s, disk);
 
     let downstreams = s.registry.snapshot();
     header(

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::lag::Registry;
+use crate::store::usage::{DiskSpace, WalUsage};
 use crate::store::Store;
 use crate::upstream::UpstreamState;
 
@@ -71,16 +72,52 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n".to_string())
 }
 
+/// What the store takes on disk, measured for one response (see [`crate::store::usage`]); a
+/// figure that could not be read is `None` (and logged), the rest of the response stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk {
+    pub wal: Option<WalUsage>,
+    pub space: Option<DiskSpace>,
+}
+
+/// Reads [`Disk`] off the async threads: listing `wal/` and `statvfs` block.
+async fn disk(s: &Arc<HttpState>) -> Disk {
+    let store = s.store.clone();
+    let measured = tokio::task::spawn_blocking(move || {
+        let wal = store
+            .wal_usage()
+            .map_err(|e| tracing::warn!("could not measure {}: {e}", store.wal_dir().display()))
+            .ok();
+        let space = store
+            .disk_space()
+            .map_err(|e| {
+                tracing::warn!(
+                    "could not read free space of {}: {e}",
+                    store.data_dir().display()
+                )
+            })
+            .ok();
+        Disk { wal, space }
+    })
+    .await;
+    measured.unwrap_or_else(|e| {
+        tracing::warn!("measuring the data directory failed: {e}");
+        Disk::default()
+    })
+}
+
 async fn status_json(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
-    Json(status::build(&s))
+    let disk = disk(&s).await;
+    Json(status::build(&s, &disk))
 }
 
 async fn metrics_text(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    let disk = disk(&s).await;
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&s),
+        metrics::render(&s, &disk),
     )
 }

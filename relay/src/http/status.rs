@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::HttpState;
+use super::{Disk, HttpState};
 use crate::wal::{Lsn, TimeLineId};
 
 #[derive(Debug, Serialize)]
@@ -13,6 +13,35 @@ pub struct Status {
     pub diverged_downstreams: Vec<DivergedJson>,
     /// `--failover-standby` state (null when not configured).
     pub failover: Option<crate::failover::FailoverStatus>,
+    /// What the store takes on disk.
+    pub store: StoreJson,
+    /// Replication slots on the relay, persistent and temporary, in name order.
+    pub slots: Vec<SlotJson>,
+}
+
+/// The store on disk: the same figures as the `walrelay_wal_*` and `walrelay_data_dir_*`
+/// gauges; a figure that could not be read is null.
+#[derive(Debug, Serialize)]
+pub struct StoreJson {
+    /// The end of what walsenders may send (durable, within the failover limit): what
+    /// `IDENTIFY_SYSTEM` reports and what slots' retained bytes are measured against.
+    pub servable_lsn: Option<Lsn>,
+    pub wal_segments: Option<u64>,
+    pub wal_stored_bytes: Option<u64>,
+    pub data_dir_free_bytes: Option<u64>,
+    pub data_dir_size_bytes: Option<u64>,
+}
+
+/// One relay-side slot, shaped like `pg_replication_slots`.
+#[derive(Debug, Serialize)]
+pub struct SlotJson {
+    pub slot_name: String,
+    pub temporary: bool,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<Lsn>,
+    pub invalidation_reason: Option<String>,
+    /// `servable_lsn − restart_lsn`: WAL kept for this slot (0 without a restart_lsn).
+    pub retained_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +97,7 @@ pub struct DownstreamJson {
     pub backend_start: f64,
 }
 
-pub fn build(s: &HttpState) -> Status {
+pub fn build(s: &HttpState, disk: &Disk) -> Status {
     let up = s.upstream.get();
     let durable = s.store.durable();
     let identity = s.store.identity();
@@ -143,10 +172,33 @@ pub fn build(s: &HttpState) -> Status {
             fork_lsn: d.fork,
         })
         .collect();
+    let servable = s.store.servable().end().lsn;
+    let store = StoreJson {
+        servable_lsn: servable.is_valid().then_some(servable),
+        wal_segments: disk.wal.map(|w| w.segments),
+        wal_stored_bytes: disk.wal.map(|w| w.bytes),
+        data_dir_free_bytes: disk.space.map(|d| d.free),
+        data_dir_size_bytes: disk.space.map(|d| d.size),
+    };
+    let slots = s
+        .store
+        .slot_retention(servable)
+        .into_iter()
+        .map(|r| SlotJson {
+            slot_name: r.slot.slot_name,
+            temporary: r.slot.temporary,
+            active_pid: r.slot.active_pid,
+            restart_lsn: r.slot.restart_lsn,
+            invalidation_reason: r.slot.invalidation_reason,
+            retained_bytes: r.retained_bytes,
+        })
+        .collect();
     Status {
         upstream,
         downstreams,
         diverged_downstreams,
         failover: s.failover_status(),
+        store,
+        slots,
     }
 }

@@ -10,7 +10,8 @@
 //! - [`writer`] (the one writer thread), [`reader`] (walsenders' reads), [`tail`] (recent WAL
 //!   in memory), [`record_ends`] (where records end), [`histories`] (history files);
 //! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
-//!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`].
+//!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`], [`usage`] (what
+//!   the store takes on disk, measured for the operator).
 //!
 //! Invariants:
 //! - Segment files are written by the writer thread ([`writer`]), and before it starts by
@@ -39,6 +40,7 @@ pub mod servable;
 pub mod slots;
 pub mod state;
 pub mod tail;
+pub mod usage;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! The Grafana dashboard (`docs/dashboards/walrelay.json`) only queries metrics the relay
 //! exports: every `walrelay_*` name in a panel query, annotation or variable (and in
-//! `docs/monitoring.md`) must appear in a real relay's `/metrics`. Per-downstream series exist only while a downstream is
-//! connected, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless);
+//! `docs/monitoring.md` and `docs/alerts.yml`) must appear in a real relay's `/metrics`.
+//! Per-downstream and per-slot series exist only while a downstream is connected or a slot
+//! exists, so the `# HELP` / `# TYPE` lines count too (the relay writes them regardless);
 //! `walrelay_failover_*` only with `--failover-standby`, which the relay here is given.
 
 use std::collections::BTreeSet;
@@ -15,6 +16,7 @@ const DASHBOARD: &str = concat!(
     "/../docs/dashboards/walrelay.json"
 );
 const MONITORING_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/monitoring.md");
+const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/alerts.yml");
 
 /// Every `walrelay_[a-z_]+` name in `text`.
 fn metric_names(text: &str, out: &mut BTreeSet<String>) {
@@ -101,6 +103,13 @@ fn dashboard_queries_only_exported_metrics() {
         "walrelay_wal_sent_bytes_total",
         "walrelay_downstreams",
         "walrelay_upstream_reconnects_total",
+        // What fills the disk, and what runs where (issue 12).
+        "walrelay_data_dir_free_bytes",
+        "walrelay_data_dir_size_bytes",
+        "walrelay_wal_stored_bytes",
+        "walrelay_wal_segments",
+        "walrelay_slot_retained_bytes",
+        "walrelay_build_info",
     ] {
         assert!(in_targets.contains(core), "no panel queries {core}");
     }
@@ -125,6 +134,21 @@ fn dashboard_queries_only_exported_metrics() {
     assert!(
         missing.is_empty(),
         "docs/monitoring.md names metrics the relay does not export: {missing:?}"
+    );
+
+    // So do the alert rules (scripts/check-dist checks them with promtool where it has one).
+    let alerts = std::fs::read_to_string(ALERTS).expect("read docs/alerts.yml");
+    let mut in_alerts = BTreeSet::new();
+    metric_names(&alerts, &mut in_alerts);
+    assert!(
+        in_alerts.contains("walrelay_data_dir_free_bytes")
+            && in_alerts.contains("walrelay_slot_retained_bytes"),
+        "docs/alerts.yml has no disk or slot rule: {in_alerts:?}"
+    );
+    let missing: Vec<_> = in_alerts.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/alerts.yml uses metrics the relay does not export: {missing:?}"
     );
 }
 

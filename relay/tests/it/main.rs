@@ -26,6 +26,7 @@ mod limits;
 mod restart;
 mod service;
 mod status_cli;
+mod storage_metrics;
 mod streaming;
 mod upstream_connection;
 mod versions;

@@ -14,7 +14,10 @@ use comfy_table::{
     Width as ComfyWidth,
 };
 
-use super::view::{parse_lsn, DivergedView, DownstreamView, FailoverView, StatusDoc, UpstreamView};
+use super::view::{
+    parse_lsn, DivergedView, DownstreamView, FailoverView, SlotView, StatusDoc, StoreView,
+    UpstreamView,
+};
 use crate::wal::Lsn;
 
 /// Width used when stdout is not a terminal (piped, redirected, under a test).
@@ -171,6 +174,45 @@ fn render_failover(f: &FailoverView, flushed: Option<Lsn>, width: u16) -> String
         }
     }
     out
+}
+
+/// The `store:` line: the WAL on disk, the data directory's free space, and what each relay
+/// slot holds back (largest first: the one filling the disk leads).
+fn render_store(st: &StoreView, slots: &[SlotView], width: u16) -> String {
+    let mut parts = vec![match (st.wal_segments, st.wal_stored_bytes) {
+        (Some(n), Some(b)) => format!(
+            "store: {n} segment{} ({})",
+            if n == 1 { "" } else { "s" },
+            human_bytes(b)
+        ),
+        _ => "store: WAL size unknown".into(),
+    }];
+    parts.push(match (st.data_dir_free_bytes, st.data_dir_size_bytes) {
+        (Some(free), Some(size)) if size > 0 => format!(
+            "{} free of {} ({:.0}%)",
+            human_bytes(free),
+            human_bytes(size),
+            free as f64 * 100.0 / size as f64
+        ),
+        (Some(free), _) => format!("{} free", human_bytes(free)),
+        (None, _) => "free space unknown".into(),
+    });
+    let mut sorted: Vec<&SlotView> = slots.iter().collect();
+    sorted.sort_by(|a, b| (b.retained_bytes, &a.slot_name).cmp(&(a.retained_bytes, &b.slot_name)));
+    for s in sorted {
+        let name = s.slot_name.as_deref().unwrap_or("?");
+        let mut part = match s.retained_bytes {
+            Some(b) => format!("slot {name} retains {}", human_bytes(b)),
+            None => format!("slot {name}"),
+        };
+        if s.invalidation_reason.is_some() {
+            part.push_str(" INVALIDATED");
+        } else if s.active_pid.is_none() {
+            part.push_str(" (inactive)");
+        }
+        parts.push(part);
+    }
+    wrap_parts(&parts, "  ", usize::from(width))
 }
 
 /// Downstreams the relay cut off because they were sent WAL past a timeline's fork point.
@@ -391,6 +433,9 @@ pub fn render(doc: &StatusDoc, width: u16) -> String {
     if let Some(f) = &doc.failover {
         out.push_str(&render_failover(f, flushed, width));
     }
+    if let Some(st) = &doc.store {
+        out.push_str(&render_store(st, &doc.slots, width));
+    }
     out.push('\n');
     if doc.downstreams.is_empty() {
         out.push_str("no downstreams connected\n");
@@ -586,6 +631,53 @@ mod tests {
         );
         assert!(
             s.contains("\nfailover watcher error: connection refused\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn store_line_with_slots_largest_first() {
+        let mut doc = fleet();
+        doc.store = Some(StoreView {
+            servable_lsn: Some("0/3A000060".into()),
+            wal_segments: Some(66),
+            wal_stored_bytes: Some(66 << 24),
+            data_dir_free_bytes: Some(25 << 30),
+            data_dir_size_bytes: Some(100 << 30),
+        });
+        let slot = |name: &str, pid: Option<i32>, retained: u64, invalid: bool| SlotView {
+            slot_name: Some(name.into()),
+            temporary: Some(false),
+            active_pid: pid,
+            restart_lsn: None,
+            invalidation_reason: invalid.then(|| "wal_removed".into()),
+            retained_bytes: Some(retained),
+        };
+        doc.slots = vec![
+            slot("replica_eu1_a", Some(1042), 16 << 20, false),
+            slot("archiver", None, 3 << 30, false),
+            slot("gone", None, 0, true),
+        ];
+        let s = render(&doc, 120);
+        assert_fits(&s, 120);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines[2],
+            "store: 66 segments (1.0 GiB)  25.0 GiB free of 100.0 GiB (25%)  \
+             slot archiver retains 3.0 GiB (inactive)"
+        );
+        assert_eq!(
+            lines[3],
+            "  slot replica_eu1_a retains 16.0 MiB  slot gone retains 0 B INVALIDATED"
+        );
+        assert_eq!(lines[4], "");
+
+        // Figures the relay could not read.
+        doc.store = Some(StoreView::default());
+        doc.slots.clear();
+        let s = render(&doc, 120);
+        assert!(
+            s.contains("\nstore: WAL size unknown  free space unknown\n"),
             "{s}"
         );
     }

@@ -20,6 +20,32 @@ pub struct StatusDoc {
     pub diverged_downstreams: Vec<DivergedView>,
     /// Present when the relay runs with `--failover-standby`.
     pub failover: Option<FailoverView>,
+    /// Absent from relays older than the storage figures.
+    pub store: Option<StoreView>,
+    pub slots: Vec<SlotView>,
+}
+
+/// The store on disk.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StoreView {
+    pub servable_lsn: Option<String>,
+    pub wal_segments: Option<u64>,
+    pub wal_stored_bytes: Option<u64>,
+    pub data_dir_free_bytes: Option<u64>,
+    pub data_dir_size_bytes: Option<u64>,
+}
+
+/// A replication slot on the relay.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SlotView {
+    pub slot_name: Option<String>,
+    pub temporary: Option<bool>,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<String>,
+    pub invalidation_reason: Option<String>,
+    pub retained_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -126,7 +152,9 @@ pub(crate) mod fixtures {
     use super::*;
     use crate::failover::watcher::CandidateJson;
     use crate::failover::{CandidateState, FailoverStatus};
-    use crate::http::status::{DivergedJson, DownstreamJson, Status, UpstreamJson};
+    use crate::http::status::{
+        DivergedJson, DownstreamJson, SlotJson, Status, StoreJson, UpstreamJson,
+    };
 
     pub(crate) fn upstream() -> UpstreamView {
         UpstreamView {
@@ -235,6 +263,21 @@ pub(crate) mod fixtures {
                 connected: false,
                 last_error: Some("f".into()),
             }),
+            store: StoreJson {
+                servable_lsn: Some(Lsn(0x2F0_0000)),
+                wal_segments: Some(3),
+                wal_stored_bytes: Some(3 << 24),
+                data_dir_free_bytes: Some(1 << 30),
+                data_dir_size_bytes: Some(4 << 30),
+            },
+            slots: vec![SlotJson {
+                slot_name: "replica_slot".into(),
+                temporary: false,
+                active_pid: Some(7),
+                restart_lsn: Some(Lsn(0x200_0000)),
+                invalidation_reason: None,
+                retained_bytes: 0xF0_0000,
+            }],
         }
     }
 }
@@ -257,6 +300,27 @@ mod tests {
                 client_addr: Some("10.0.0.9".into()),
                 sent_lsn: Some("0/5000000".into()),
                 fork_lsn: Some("0/4800000".into()),
+            }]
+        );
+        assert_eq!(
+            doc.store,
+            Some(StoreView {
+                servable_lsn: Some("0/2F00000".into()),
+                wal_segments: Some(3),
+                wal_stored_bytes: Some(3 << 24),
+                data_dir_free_bytes: Some(1 << 30),
+                data_dir_size_bytes: Some(4 << 30),
+            })
+        );
+        assert_eq!(
+            doc.slots,
+            vec![SlotView {
+                slot_name: Some("replica_slot".into()),
+                temporary: Some(false),
+                active_pid: Some(7),
+                restart_lsn: Some("0/2000000".into()),
+                invalidation_reason: None,
+                retained_bytes: Some(0xF0_0000),
             }]
         );
         let cand = |n: &str, st: &str, l: Option<&str>| CandidateView {
