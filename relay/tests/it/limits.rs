@@ -128,7 +128,7 @@ fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
 
 /// `START_REPLICATION` on a fresh connection at the relay's current end; returns the socket
 /// once the stream has begun.
-fn start_streaming(port: u16, application_name: &str, slot: Option<&str>) -> TcpStream {
+pub(crate) fn start_streaming(port: u16, application_name: &str, slot: Option<&str>) -> TcpStream {
     let mut client = ReplClient::connect(port, application_name).expect("replication connection");
     let ident = client.query("IDENTIFY_SYSTEM").expect("IDENTIFY_SYSTEM");
     let row = ident.rows.first().expect("a row");

@@ -19,6 +19,7 @@ mod crash;
 mod dashboard_metrics;
 mod failover;
 mod fanout;
+mod ha;
 mod lag;
 mod lifecycle;
 mod limits;
