@@ -62,6 +62,7 @@ const ROWS: &str = "select count(*) || '|' || min(id) || '|' || max(id) from t";
 /// standby through the other one, whole. The stopped relay is started again and catches up;
 /// then every complete segment either relay stores is in the other too (from the later of the
 /// two first segments on), byte-identical, and byte-identical to the primary's pg_wal file.
+/// Last the other relay stops, and the standby goes back to the restarted one, with every row.
 #[test]
 fn a_standby_listing_two_relays_goes_on_from_the_other_when_one_stops() {
     let primary = PgCluster::init_primary("primary");
@@ -106,25 +107,12 @@ fn a_standby_listing_two_relays_goes_on_from_the_other_when_one_stops() {
     workload::insert_rows(&primary, 20_001..=150_000);
     let written_while_down = workload::switch_wal(&primary);
     workload::insert_rows(&primary, 150_001..=160_000);
+    // The standby may reach the other relay before that one has all the standby has (the
+    // relays stream from the primary independently): then it is told, as PostgreSQL tells it,
+    // "requested starting point ... is ahead of the WAL flush position of this server", and
+    // tries again after wal_retrieve_retry_interval.
     wait_sender_port(&standby, relays[other].port());
-    workload::wait_rows(&primary, &standby);
-    assert_eq!(primary.psql(ROWS), "160000|1|160000");
-    assert_eq!(
-        standby.psql(ROWS),
-        "160000|1|160000",
-        "the standby lacks rows"
-    );
-    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
-    // It received all the primary has, through the relay that stayed.
-    let flushed = primary.flush_lsn();
-    wait_until("the standby to receive the primary's WAL", || {
-        let got = standby.receive_lsn();
-        if got >= flushed {
-            Ok(())
-        } else {
-            Err(format!("received {got}, primary flushed {flushed}"))
-        }
-    });
+    assert_every_row(&primary, &standby, 160_000);
 
     // The stopped relay comes back and catches up on what it missed.
     relays[serving].restart();
@@ -133,7 +121,6 @@ fn a_standby_listing_two_relays_goes_on_from_the_other_when_one_stops() {
     for relay in &relays {
         wait_complete(relay, &last);
     }
-    wait_sender_port(&standby, relays[other].port());
 
     let a = complete_segments(&relays[0]);
     let b = complete_segments(&relays[1]);
@@ -163,10 +150,34 @@ fn a_standby_listing_two_relays_goes_on_from_the_other_when_one_stops() {
         first,
         last
     );
-    for relay in &mut relays {
-        let status = relay.stop();
-        assert!(status.success(), "walrelay exited {status} on SIGTERM");
-    }
+
+    // And back: the relay that was restarted serves the standby when the other one stops.
+    let status = relays[other].stop();
+    assert!(status.success(), "walrelay exited {status} on SIGTERM");
+    workload::insert_rows(&primary, 160_001..=170_000);
+    wait_sender_port(&standby, relays[serving].port());
+    assert_every_row(&primary, &standby, 170_000);
+    let status = relays[serving].stop();
+    assert!(status.success(), "walrelay exited {status} on SIGTERM");
+}
+
+/// Waits until `standby` has the primary's rows, which are ids 1..=`n`, and everything the
+/// primary has flushed: every row arrived, none twice, still a standby.
+fn assert_every_row(primary: &PgCluster, standby: &PgCluster, n: u32) {
+    workload::wait_rows(primary, standby);
+    let expected = format!("{n}|1|{n}");
+    assert_eq!(primary.psql(ROWS), expected);
+    assert_eq!(standby.psql(ROWS), expected, "the standby lacks rows");
+    assert_eq!(standby.psql("select pg_is_in_recovery()"), "t");
+    let flushed = primary.flush_lsn();
+    wait_until("the standby to receive the primary's WAL", || {
+        let got = standby.receive_lsn();
+        if got >= flushed {
+            Ok(())
+        } else {
+            Err(format!("received {got}, primary flushed {flushed}"))
+        }
+    });
 }
 
 /// The downstream named `name` in `/status`.
