@@ -20,6 +20,7 @@ mod crash;
 mod dashboard_metrics;
 mod failover;
 mod fanout;
+mod ha;
 mod lag;
 mod lifecycle;
 mod limits;
