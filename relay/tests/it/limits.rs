@@ -108,7 +108,7 @@ fn the_client_past_max_connections_gets_53300_and_the_others_stream_on() {
     assert_eq!(reply.error, None);
 }
 
-fn connect(port: u16) -> TcpStream {
+pub(crate) fn connect(port: u16) -> TcpStream {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
     s.set_read_timeout(Some(crate::harness::WAIT))
@@ -117,7 +117,7 @@ fn connect(port: u16) -> TcpStream {
 }
 
 /// Reads until the relay closes the connection; the bytes it sent.
-fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
+pub(crate) fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
     let mut got = Vec::new();
     match s.read_to_end(&mut got) {
         Ok(_) => got,
@@ -128,7 +128,7 @@ fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
 
 /// `START_REPLICATION` on a fresh connection at the relay's current end; returns the socket
 /// once the stream has begun.
-fn start_streaming(port: u16, application_name: &str, slot: Option<&str>) -> TcpStream {
+pub(crate) fn start_streaming(port: u16, application_name: &str, slot: Option<&str>) -> TcpStream {
     let mut client = ReplClient::connect(port, application_name).expect("replication connection");
     let ident = client.query("IDENTIFY_SYSTEM").expect("IDENTIFY_SYSTEM");
     let row = ident.rows.first().expect("a row");
@@ -146,7 +146,7 @@ fn start_streaming(port: u16, application_name: &str, slot: Option<&str>) -> Tcp
 }
 
 /// A standby status update (`r`) in a CopyData message, all positions 0/0.
-fn status_update() -> Vec<u8> {
+pub(crate) fn status_update() -> Vec<u8> {
     let mut payload = vec![b'r'];
     payload.extend_from_slice(&[0u8; 32]);
     payload.push(0);

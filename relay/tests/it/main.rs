@@ -25,6 +25,7 @@ mod limits;
 mod restart;
 mod service;
 mod status_cli;
+mod storm;
 mod streaming;
 mod upstream_connection;
 mod versions;
