@@ -412,3 +412,75 @@ fn harness_selfcheck_access_refusals() {
         "{e}"
     );
 }
+
+/// The upstream side locked down: a primary that takes replication connections only over TLS
+/// and the relay's role only with SCRAM-SHA-256. The relay, with `sslmode=verify-full` and a
+/// password, streams from it and a standby behind the relay gets every row; the same role
+/// without TLS, or with a wrong password, is refused by the primary.
+#[test]
+fn relay_streams_from_a_tls_only_scram_only_upstream_with_verify_full() {
+    let certs = TestCerts::new();
+    let mut primary = PgCluster::init_primary("tls_primary");
+    primary.enable_ssl(&certs);
+    primary.psql(
+        "set password_encryption = 'scram-sha-256'; \
+         create role replicator login replication password 'up pw'",
+    );
+    // The harness's own sessions (psql, pg_basebackup) are `postgres` over TLS; the relay's
+    // role has only the SCRAM line, and nothing is accepted in plaintext.
+    primary.write_hba(
+        "local all all trust\n\
+         hostssl all postgres 127.0.0.1/32 trust\n\
+         hostssl replication postgres 127.0.0.1/32 trust\n\
+         hostssl replication replicator 127.0.0.1/32 scram-sha-256\n\
+         host all all 0.0.0.0/0 reject\n\
+         host replication all 0.0.0.0/0 reject\n",
+    );
+    primary.psql("select pg_reload_conf()");
+    workload::create_table(&primary);
+    let upstream = |password: &str, sslmode: &str| {
+        format!(
+            "host=localhost port={} user=replicator password='{password}' sslmode={sslmode} sslrootcert={}",
+            primary.port(),
+            certs.ca_cert().display()
+        )
+    };
+    // What the primary says to the relay's role without TLS, and with a wrong password.
+    let e = psql(
+        &format!("{} replication=true", upstream("up pw", "disable")),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("pg_hba.conf rejects replication connection"),
+        "{e}"
+    );
+    let e = psql(
+        &format!("{} replication=true", upstream("wrong", "verify-full")),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"replicator\""),
+        "{e}"
+    );
+
+    let mut relay = Relay::start(&upstream("up pw", "verify-full"), "relay_tls_up");
+    relay.wait_ready();
+    let standby = PgCluster::basebackup_standby(&primary, "standby1", relay.port());
+    workload::insert_rows(&primary, 1..=1000);
+    workload::wait_rows(&primary, &standby);
+    // The primary sees the relay's walsender session over TLS, as `replicator`.
+    assert_eq!(
+        primary.psql(
+            "select r.usename, s.ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+             where r.application_name = 'walrelay'"
+        ),
+        "replicator|t"
+    );
+    relay.assert_running();
+    assert!(
+        !relay.log().contains("up pw"),
+        "the relay logged the password"
+    );
+}

@@ -108,7 +108,7 @@ fn the_client_past_max_connections_gets_53300_and_the_others_stream_on() {
     assert_eq!(reply.error, None);
 }
 
-fn connect(port: u16) -> TcpStream {
+pub(crate) fn connect(port: u16) -> TcpStream {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
     s.set_read_timeout(Some(crate::harness::WAIT))
@@ -117,7 +117,7 @@ fn connect(port: u16) -> TcpStream {
 }
 
 /// Reads until the relay closes the connection; the bytes it sent.
-fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
+pub(crate) fn read_until_closed(mut s: TcpStream, what: &str) -> Vec<u8> {
     let mut got = Vec::new();
     match s.read_to_end(&mut got) {
         Ok(_) => got,
@@ -146,7 +146,7 @@ pub(crate) fn start_streaming(port: u16, application_name: &str, slot: Option<&s
 }
 
 /// A standby status update (`r`) in a CopyData message, all positions 0/0.
-fn status_update() -> Vec<u8> {
+pub(crate) fn status_update() -> Vec<u8> {
     let mut payload = vec![b'r'];
     payload.extend_from_slice(&[0u8; 32]);
     payload.push(0);

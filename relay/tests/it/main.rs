@@ -28,6 +28,7 @@ mod restart;
 mod service;
 mod status_cli;
 mod storage_metrics;
+mod storm;
 mod streaming;
 mod upstream_connection;
 mod versions;
