@@ -746,17 +746,29 @@ fn failover_standby_partial_record_at_crash_is_no_divergence() {
         "cannot stop backend {backend}: {:?}",
         big.join()
     );
+    // Short bursts while the record is copied into WAL: it must not be finished before the
+    // standby has two of its segments (the WAL writer keeps flushing while the backend is
+    // stopped). Before that the backend builds the 400 MB string and writes no WAL: bursts
+    // grow while the primary's WAL does not move, so that a loaded machine, which gives the
+    // backend little of each burst, still gets it there.
+    let mut burst_ms = 5u64;
+    let mut last_flushed = primary.flush_lsn();
     wait_until("ha to receive part of the big record", || {
         let r = ha.receive_lsn();
         if r.0 > before.0 + 2 * SEG_SIZE {
             return Ok(());
         }
-        // Short bursts: the record must not be finished before the standby has two of its
-        // segments (the WAL writer keeps flushing while the backend is stopped).
+        let flushed = primary.flush_lsn();
+        burst_ms = if flushed == last_flushed {
+            (burst_ms * 2).min(200)
+        } else {
+            5
+        };
+        last_flushed = flushed;
         signal("CONT");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(burst_ms));
         signal("STOP");
-        Err(format!("ha received {r}"))
+        Err(format!("ha received {r}, primary flushed {flushed}"))
     });
     let settled = wait_until("the stream to settle mid-record", || {
         let flushed = primary.flush_lsn();
