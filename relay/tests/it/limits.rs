@@ -214,17 +214,7 @@ fn silent_and_stuck_clients_are_closed_and_the_standby_streams_on() {
         );
     }
     for name in ["silent", "replying"] {
-        wait_until(&format!("{name} to be dropped"), || {
-            let line = relay
-                .log()
-                .lines()
-                .find(|l| {
-                    l.contains("terminating walsender process due to replication timeout")
-                        && l.contains(&format!("application_name={name}"))
-                })
-                .map(str::to_string);
-            line.ok_or_else(|| relay.log_tail())
-        });
+        relay.wait_for_replica_dropped(name);
     }
     wait_until("the dropped replicas to leave /status", || {
         let names = streaming(&relay);

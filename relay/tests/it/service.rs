@@ -258,17 +258,7 @@ fn sighup_lowers_wal_sender_timeout_for_running_walsenders() {
     std::fs::write(&conf, "wal_sender_timeout = \"5s\"\n").unwrap();
     assert!(os::signal(&[relay.pid()], "HUP"));
     relay.wait_for_log("reloaded: wal_sender_timeout changed from 1h to 5s");
-    let dropped = wait_until("the silent replica to be dropped", || {
-        relay
-            .log()
-            .lines()
-            .find(|l| {
-                l.contains("terminating walsender process due to replication timeout")
-                    && l.contains("application_name=silent")
-            })
-            .map(str::to_string)
-            .ok_or_else(|| relay.log_tail())
-    });
+    let dropped = relay.wait_for_replica_dropped("silent");
     assert!(dropped.contains("timeout=5s"), "{dropped}");
     relay.wait_status("the silent replica gone from /status", |s| {
         s["downstreams"]

@@ -221,17 +221,7 @@ fn a_storm_of_bad_and_idle_clients_leaves_the_standby_streaming() {
 
         // A replica that stops reading is dropped at the sender timeout.
         let stopped = start_streaming(port, "stopped", None);
-        wait_until("the stopped reader to be dropped", || {
-            relay
-                .log()
-                .lines()
-                .find(|l| {
-                    l.contains("terminating walsender process due to replication timeout")
-                        && l.contains("application_name=stopped")
-                })
-                .map(str::to_string)
-                .ok_or_else(|| relay.log_tail())
-        });
+        relay.wait_for_replica_dropped("stopped");
         drop(stopped);
     });
 

@@ -169,6 +169,21 @@ impl Relay {
         })
     }
 
+    /// Waits until the relay logs that it dropped the replica `application_name` at the sender
+    /// timeout (walsender.c's words); returns that line.
+    pub fn wait_for_replica_dropped(&self, application_name: &str) -> String {
+        wait_until(&format!("{application_name} to be dropped"), || {
+            self.log()
+                .lines()
+                .find(|l| {
+                    l.contains("terminating walsender process due to replication timeout")
+                        && l.contains(&format!("application_name={application_name}"))
+                })
+                .map(str::to_string)
+                .ok_or_else(|| self.log_tail())
+        })
+    }
+
     /// The last lines of the relay's log.
     pub fn log_tail(&self) -> String {
         os::tail(&self.log_path(), 60)
