@@ -1,0 +1,155 @@
+//! `--auth-query`: downstream users' verifiers taken from the primary on demand, as PgBouncer's
+//! `auth_query`. A primary with roles made after the relay started, a relay with a
+//! `scram-sha-256` hba line and no auth-file entry for them: the primary's password works
+//! through the relay (psql's IDENTIFY_SYSTEM, a standby streaming every row); a wrong password,
+//! an unknown user and an MD5-hashed role get the same 28P01; the auth file wins for a user it
+//! lists; the upstream down gives the lookup error; no password or verifier reaches the log.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::harness::pg::psql;
+use crate::harness::{workload, PgCluster, Topology};
+
+const QUERY: &str = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1";
+
+/// `walrelay passwd --user NAME` with `password` on stdin: one auth-file line.
+fn passwd_line(user: &str, password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["passwd", "--user", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run walrelay passwd");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "walrelay passwd failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn access_query_takes_verifiers_from_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let hba = dir.path().join("relay_hba.conf");
+    std::fs::write(&hba, "host replication all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    // `filed` is in the auth file with one password and on the primary with another.
+    let filed_line = passwd_line("filed", "file-pw");
+    let auth = dir.path().join("userlist.txt");
+    std::fs::write(&auth, format!("{filed_line}\n")).unwrap();
+
+    let Topology {
+        mut primary,
+        relays: [relay],
+        ..
+    } = Topology::primary_relay()
+        .relay_args(&[
+            "--hba-file",
+            hba.to_str().unwrap(),
+            "--auth-file",
+            auth.to_str().unwrap(),
+            "--auth-query",
+            QUERY,
+        ])
+        .start();
+    relay.wait_for_log("looked up on the upstream (auth_query)");
+    // Roles made after the relay started: nothing about them can be in the relay already.
+    primary.psql("create role rep login replication password 'rep-s3cret'");
+    primary.psql("create role filed login replication password 'primary-pw'");
+    primary.psql(
+        "set password_encryption = 'md5'; create role old login replication password 'old-pw'",
+    );
+    let verifier = primary.psql("select rolpassword from pg_authid where rolname = 'rep'");
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let md5 = primary.psql("select rolpassword from pg_authid where rolname = 'old'");
+    assert!(md5.starts_with("md5"), "{md5}");
+
+    let at_relay = |rest: &str| {
+        psql(
+            &format!(
+                "host=127.0.0.1 port={} replication=true connect_timeout=20 sslmode=disable {rest}",
+                relay.port()
+            ),
+            "IDENTIFY_SYSTEM",
+        )
+    };
+    // The primary's password, through the relay.
+    let systemid = primary.system_identifier();
+    let out = at_relay("user=rep password=rep-s3cret")
+        .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM as rep with the primary's password: {e}"));
+    assert!(out.starts_with(&format!("{systemid}|")), "{out}");
+
+    // A wrong password, an unknown user, a role with an MD5 hash (with its right password):
+    // the same 28P01, nothing saying which.
+    for (user, password) in [
+        ("rep", "wrong"),
+        ("nobody", "rep-s3cret"),
+        ("old", "old-pw"),
+    ] {
+        let e = at_relay(&format!("user={user} password={password}")).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "FATAL:  password authentication failed for user \"{user}\""
+            )),
+            "{user}: {e}"
+        );
+    }
+    // The reasons are in the relay's log only, in PostgreSQL's words.
+    relay.wait_for_log("Role \"nobody\" does not exist.");
+    relay.wait_for_log("User \"old\" does not have a valid SCRAM secret.");
+
+    // The auth file wins for a user it lists: its password, not the primary's.
+    let out = at_relay("user=filed password=file-pw")
+        .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM as filed with the file's password: {e}"));
+    assert!(out.starts_with(&format!("{systemid}|")), "{out}");
+    let e = at_relay("user=filed password=primary-pw").unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"filed\""),
+        "{e}"
+    );
+
+    // A standby whose walreceiver logs in to the relay with the primary's password: every row.
+    let standby = PgCluster::basebackup_standby_to(
+        &primary,
+        "standby_q",
+        &format!(
+            "host=127.0.0.1 port={} user=rep password=rep-s3cret application_name=standby_q",
+            relay.port()
+        ),
+    );
+    workload::insert_rows(&primary, 1..=300);
+    workload::wait_rows(&primary, &standby);
+    relay.wait_for_downstream("standby_q");
+
+    // No password or verifier in the relay's log.
+    let log = relay.log();
+    let filed_verifier = filed_line.rsplit(' ').next().unwrap().trim_matches('"');
+    for secret in [
+        "rep-s3cret",
+        "primary-pw",
+        "file-pw",
+        "old-pw",
+        verifier.as_str(),
+        md5.as_str(),
+        filed_verifier,
+    ] {
+        assert!(!log.contains(secret), "the relay log holds a secret");
+    }
+
+    // The upstream down: a user not cached cannot be looked up, and the client is told so
+    // (PgBouncer's 08P01), not that its password is wrong; the reason is in the log.
+    drop(standby);
+    primary.stop();
+    let e = at_relay("user=fresh password=x").unwrap_err();
+    assert!(
+        e.contains(
+            "FATAL:  authentication failed for user \"fresh\": the password could not be looked up on the upstream, try again later"
+        ),
+        "{e}"
+    );
+    relay.wait_for_log("auth_query could not be run on the upstream");
+}
