@@ -153,3 +153,94 @@ fn access_query_takes_verifiers_from_the_primary() {
     );
     relay.wait_for_log("auth_query could not be run on the upstream");
 }
+
+/// The setup `docs/security.md` gives for a relay whose upstream role is no superuser, as it
+/// is written there.
+const SECURITY_DEFINER: &str = r#"
+CREATE SCHEMA walrelay;
+REVOKE ALL ON SCHEMA walrelay FROM PUBLIC;
+GRANT USAGE ON SCHEMA walrelay TO replicator;
+CREATE FUNCTION walrelay.user_verifier(p_user text, OUT username text, OUT verifier text)
+  RETURNS SETOF record
+  LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT rolname::text, rolpassword
+    FROM pg_catalog.pg_authid
+   WHERE rolname = p_user
+     AND rolcanlogin AND rolreplication      -- only roles that may stream at all
+     AND (rolvaliduntil IS NULL OR rolvaliduntil > now())
+$$;
+REVOKE ALL ON FUNCTION walrelay.user_verifier(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION walrelay.user_verifier(text) TO replicator;
+"#;
+
+#[test]
+fn access_query_through_a_security_definer_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let hba = dir.path().join("relay_hba.conf");
+    std::fs::write(&hba, "host replication all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    // The relay's upstream role is `replicator`, a replication role without superuser.
+    let Topology {
+        primary,
+        relays: [relay],
+        ..
+    } = Topology::primary_relay()
+        .replicator_role(false)
+        .relay_args(&[
+            "--hba-file",
+            hba.to_str().unwrap(),
+            "--auth-query",
+            "SELECT username, verifier FROM walrelay.user_verifier($1)",
+        ])
+        .start();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+        .unwrap();
+    assert!(
+        docs.contains(SECURITY_DEFINER.trim()),
+        "docs/security.md no longer gives this function"
+    );
+    primary.psql(SECURITY_DEFINER);
+    // The role cannot read pg_authid itself.
+    let e = psql(
+        &format!(
+            "port={} host=127.0.0.1 user=replicator dbname=postgres",
+            primary.port()
+        ),
+        "SELECT rolpassword FROM pg_authid",
+    )
+    .unwrap_err();
+    assert!(e.contains("permission denied for table pg_authid"), "{e}");
+    primary.psql("create role rep login replication password 'rep-s3cret'");
+    primary.psql("create role admin login superuser password 'admin-pw'");
+    primary
+        .psql("create role expired login replication password 'exp-pw' valid until '2000-01-01'");
+
+    let at_relay = |user: &str, password: &str| {
+        psql(
+            &format!(
+                "host=127.0.0.1 port={} replication=true connect_timeout=20 sslmode=disable user={user} password={password}",
+                relay.port()
+            ),
+            "IDENTIFY_SYSTEM",
+        )
+    };
+    let out = at_relay("rep", "rep-s3cret")
+        .unwrap_or_else(|e| panic!("IDENTIFY_SYSTEM as rep through the function: {e}"));
+    assert!(
+        out.starts_with(&format!("{}|", primary.system_identifier())),
+        "{out}"
+    );
+    // The function never hands out a superuser's verifier, nor an expired one: those users
+    // cannot log in to the relay, even with their right passwords.
+    for (user, password) in [("admin", "admin-pw"), ("expired", "exp-pw")] {
+        let e = at_relay(user, password).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "FATAL:  password authentication failed for user \"{user}\""
+            )),
+            "{user}: {e}"
+        );
+    }
+    relay.wait_for_log("Role \"admin\" does not exist.");
+}
