@@ -337,6 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_auth_query_cache_only_for_the_same_query() {
+        use crate::access::query::AuthQuery;
+        use crate::config::AuthQuerySource;
+        let conninfo: crate::config::conninfo::ConnInfo = "host=a user=r".parse().unwrap();
+        let files = |sql: &str| AccessFiles {
+            auth_query: Some(AuthQuerySource {
+                query: AuthQuery::parse(sql).unwrap(),
+                conninfo: conninfo.clone(),
+                application_name: "walrelay auth query".into(),
+            }),
+            ..Default::default()
+        };
+        let q1 = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1";
+        let a = Access::load(&files(q1)).unwrap();
+        let b = a.reload(&files(q1)).unwrap();
+        let (qa, qb) = (a.query.clone().unwrap(), b.query.clone().unwrap());
+        assert!(Arc::ptr_eq(&qa, &qb), "the same query lost its cache");
+        let q2 = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+        let c = b.reload(&files(q2)).unwrap();
+        let qc = c.query.clone().unwrap();
+        assert!(!Arc::ptr_eq(&qb, &qc), "a changed query kept the old cache");
+        assert_eq!(qc.source().query.sql(), q2);
+        assert!(c.reload(&AccessFiles::default()).unwrap().query.is_none());
+    }
+
+    #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let hba = dir.path().join("hba.conf");
