@@ -4,12 +4,15 @@
 //! through the relay (psql's IDENTIFY_SYSTEM, a standby streaming every row); a wrong password,
 //! an unknown user and an MD5-hashed role get the same 28P01; the auth file wins for a user it
 //! lists; the upstream down gives the lookup error; no password or verifier reaches the log.
+//! Then the `SECURITY DEFINER` function of `docs/security.md` for an upstream role that is no
+//! superuser (it hands out neither a superuser's nor an expired verifier), and a changed query
+//! applied by SIGHUP.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::harness::pg::psql;
-use crate::harness::{workload, PgCluster, Topology};
+use crate::harness::{os, workload, PgCluster, Topology};
 
 const QUERY: &str = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1";
 
@@ -180,6 +183,19 @@ fn access_query_through_a_security_definer_function() {
     let dir = tempfile::tempdir().unwrap();
     let hba = dir.path().join("relay_hba.conf");
     std::fs::write(&hba, "host replication all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    // The query in a config file, to change it with SIGHUP below.
+    let config = dir.path().join("relay.toml");
+    let write_config = |query: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "hba_file = \"{}\"\nauth_query = \"{query}\"\n",
+                hba.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_config("SELECT username, verifier FROM walrelay.user_verifier($1)");
     // The relay's upstream role is `replicator`, a replication role without superuser.
     let Topology {
         primary,
@@ -187,12 +203,7 @@ fn access_query_through_a_security_definer_function() {
         ..
     } = Topology::primary_relay()
         .replicator_role(false)
-        .relay_args(&[
-            "--hba-file",
-            hba.to_str().unwrap(),
-            "--auth-query",
-            "SELECT username, verifier FROM walrelay.user_verifier($1)",
-        ])
+        .relay_args(&["--config", config.to_str().unwrap()])
         .start();
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
         .unwrap();
@@ -243,4 +254,16 @@ fn access_query_through_a_security_definer_function() {
         );
     }
     relay.wait_for_log("Role \"admin\" does not exist.");
+
+    // SIGHUP with a query that finds no one: rep, cached a moment ago, is asked about anew and
+    // refused (the cache of the old query is dropped); the log names the change.
+    write_config("SELECT username, verifier FROM walrelay.user_verifier($1) WHERE false");
+    assert!(os::signal(&[relay.pid()], "HUP"));
+    relay.wait_for_log("reloaded: auth_query changed from");
+    let e = at_relay("rep", "rep-s3cret").unwrap_err();
+    assert!(
+        e.contains("FATAL:  password authentication failed for user \"rep\""),
+        "{e}"
+    );
+    relay.wait_for_log("Role \"rep\" does not exist.");
 }
