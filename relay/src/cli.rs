@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// Downstream users and SCRAM verifiers, PgBouncer userlist.txt format.
     #[arg(long, env = "WALRELAY_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    /// SQL run on the upstream (over the upstream conninfo, as a SQL session) for a user not in
+    /// --auth-file, `$1` the user name, returning (name, SCRAM verifier), as PgBouncer's
+    /// auth_query; e.g. `SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1`.
+    #[arg(long, env = "WALRELAY_AUTH_QUERY")]
+    pub auth_query: Option<String>,
     /// Most downstream connections at once; past it `53300 sorry, too many clients already`
     /// [default: 100].
     #[arg(long, env = "WALRELAY_MAX_CONNECTIONS")]

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 tls_key: args.tls_key,
                 hba_file: args.hba_file,
                 auth_file: args.auth_file,
+                auth_query: args.auth_query,
                 log_format: args.log_format,
                 log_filter: args.log_filter,
             };

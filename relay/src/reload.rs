@@ -10,7 +10,9 @@
 //! - `wal_keep_size`, `max_slot_wal_keep_size`: the retention task's watch; a pass runs at once.
 //! - the downstream access files (`hba_file`, `auth_file`, the `tls_cert`/`tls_key` pair):
 //!   re-read for new connections while established ones keep streaming; a bad access file is
-//!   reported and the running rules stay.
+//!   reported and the running rules stay. `auth_query` with them: a changed query applies to
+//!   the next lookup (the verifiers cached with the old one are dropped; the same query keeps
+//!   its cache); it keeps running over the upstream conninfo in force.
 //! - the limits ([`downstream::Context::set_limits`]): `authentication_timeout` and
 //!   `max_connections` for connections that arrive from then on; `max_connections` lowered
 //!   below the connections in progress ends none of them (new ones are refused until fewer
@@ -158,12 +160,37 @@ impl Reloader {
             }
         }
         if let Some(ctx) = &self.downstream {
+            // `auth_query` runs over the upstream conninfo in force: a changed `upstream` needs
+            // a restart, for the lookups as for streaming.
+            let mut files = new.access.clone();
+            if let Some(q) = &mut files.auth_query {
+                q.conninfo = self.running.upstream.clone();
+                q.application_name = format!("{} auth query", self.running.application_name);
+            }
+            let query_changed = files.auth_query != self.running.access.auth_query;
             // Always re-read: the files may have changed under the same paths.
-            match ctx.access().reload(&new.access) {
+            match ctx.access().reload(&files) {
                 Ok(access) => {
                     applied += 1;
                     ctx.set_access(access);
-                    self.running.access = new.access.clone();
+                    if query_changed {
+                        let shown = |q: &Option<crate::config::AuthQuerySource>| {
+                            q.as_ref()
+                                .map_or_else(|| "(none)".to_string(), |q| q.query.sql().to_string())
+                        };
+                        let (old, new) = (
+                            shown(&self.running.access.auth_query),
+                            shown(&files.auth_query),
+                        );
+                        tracing::info!(
+                            setting = "auth_query",
+                            old = %old,
+                            new = %new,
+                            "reloaded: auth_query changed from \"{old}\" to \"{new}\"; verifiers \
+                             looked up with the old one are forgotten"
+                        );
+                    }
+                    self.running.access = files;
                     tracing::info!(
                         "reloaded: downstream access rules (hba_file, auth_file, TLS certificate) \
                          re-read; new connections use them"

@@ -19,7 +19,9 @@
 //!    `password authentication failed for user "…"`.
 //!
 //! Without `--hba-file` the rules are [`hba::HbaRules::loopback_default`]; without
-//! `--auth-file` the user list is [`users::UserList::empty`]. `walrelay passwd` prints
+//! `--auth-file` the user list is [`users::UserList::empty`]. With `--auth-query`, a user the
+//! file does not list is looked up on the upstream ([`query`]: the query text, its rows, the
+//! per-user cache; the downstream authentication step runs it). `walrelay passwd` prints
 //! [`users::passwd_line`]. Every loader is callable again for SIGHUP and returns a new value
 //! (the caller keeps the old one when it fails). Fuzz targets for the parsers live in `fuzz/`.
 //!
@@ -35,6 +37,7 @@
 //!   network or from files.
 
 pub mod hba;
+pub mod query;
 pub mod scram;
 pub mod tls;
 pub mod users;

@@ -289,9 +289,9 @@ impl fmt::Debug for Lookup<'_> {
 
 /// Log details, as PostgreSQL's `get_role_password` and `scram_init` word them, with the user
 /// name filled in by [`Lookup::log_detail`].
-const NO_ROLE: &str = "Role \"%s\" does not exist.";
-const NO_PASSWORD: &str = "User \"%s\" has no password assigned.";
-const NOT_SCRAM: &str = "User \"%s\" does not have a valid SCRAM secret.";
+pub(crate) const NO_ROLE: &str = "Role \"%s\" does not exist.";
+pub(crate) const NO_PASSWORD: &str = "User \"%s\" has no password assigned.";
+pub(crate) const NOT_SCRAM: &str = "User \"%s\" does not have a valid SCRAM secret.";
 
 impl Lookup<'_> {
     /// The server-log detail for `user`, if the lookup found nothing usable.
@@ -417,6 +417,12 @@ impl UserList {
         &self.warnings
     }
 
+    /// Whether the file lists `user` (with a usable secret or not): such a user is never
+    /// looked up with `--auth-query`.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// What the SCRAM exchange should use for `user`.
     pub fn lookup(&self, user: &str) -> Lookup<'_> {
         match self.users.get(user) {
@@ -501,7 +507,7 @@ fn quoted(s: &str) -> Option<(String, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Made by PostgreSQL 15.x (Debian): `SET password_encryption = 'scram-sha-256';

@@ -16,6 +16,8 @@ use serde::Deserialize;
 
 use conninfo::ConnInfo;
 
+use crate::access::query::AuthQuery;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:9433";
 pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
@@ -62,6 +64,9 @@ pub struct FileConfig {
     pub hba_file: Option<PathBuf>,
     /// Downstream users and SCRAM verifiers; an empty string is unset.
     pub auth_file: Option<PathBuf>,
+    /// SQL run on the upstream for a user not in the auth file (`$1`: the user name), returning
+    /// (name, SCRAM verifier); an empty string is unset.
+    pub auth_query: Option<String>,
     /// Which log lines are written, in `RUST_LOG` syntax (`info`, `walrelay=debug,info`).
     pub log_filter: Option<String>,
 }
@@ -93,6 +98,7 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub hba_file: Option<PathBuf>,
     pub auth_file: Option<PathBuf>,
+    pub auth_query: Option<String>,
     pub log_format: Option<String>,
     pub log_filter: Option<String>,
 }
@@ -131,6 +137,18 @@ pub struct AccessFiles {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub hba_file: Option<PathBuf>,
     pub auth_file: Option<PathBuf>,
+    /// `--auth-query`, with where to run it.
+    pub auth_query: Option<AuthQuerySource>,
+}
+
+/// `--auth-query` and the session it runs over: a SQL (not replication) session with the
+/// upstream conninfo (its user, password, TLS settings and `dbname`, default `postgres`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthQuerySource {
+    pub query: AuthQuery,
+    pub conninfo: ConnInfo,
+    /// The `application_name` of that session on the upstream.
+    pub application_name: String,
 }
 
 /// WAL retention settings, in bytes, as configured (`wal_keep_size`, `max_slot_wal_keep_size`;
@@ -298,6 +316,14 @@ impl RelayConfig {
             tls,
             hba_file: set(over.hba_file.or(file.hba_file)),
             auth_file: set(over.auth_file.or(file.auth_file)),
+            auth_query: match over.auth_query.or(file.auth_query) {
+                Some(q) if !q.trim().is_empty() => Some(AuthQuerySource {
+                    query: AuthQuery::parse(&q)?,
+                    conninfo: upstream.clone(),
+                    application_name: format!("{application_name} auth query"),
+                }),
+                _ => None,
+            },
         };
         let log_format = match over.log_format.or(file.log_format) {
             Some(f) => LogFormat::parse(&f)?,
@@ -492,7 +518,35 @@ mod tests {
                 tls: Some(("/c.crt".into(), "/k.key".into())),
                 hba_file: Some("/h".into()),
                 auth_file: None,
+                auth_query: None,
             }
         );
+    }
+
+    #[test]
+    fn auth_query_needs_the_placeholder_and_runs_with_the_upstream_conninfo() {
+        let base = "upstream = \"host=a user=r application_name=eu1\"\ndata_dir = \"/d\"\n";
+        let with = |extra: &str, over: Overrides| {
+            RelayConfig::build(toml::from_str(&format!("{base}{extra}")).unwrap(), over)
+        };
+        let e = with("auth_query = \"SELECT 1, 2\"\n", Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid auth_query: it must contain $1 where the user name goes"
+        );
+        let c = with("auth_query = \"\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.access.auth_query, None);
+        let over = Overrides {
+            auth_query: Some("SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into()),
+            ..Default::default()
+        };
+        let c = with("auth_query = \"SELECT 1, 2\"\n", over).unwrap();
+        let q = c.access.auth_query.unwrap();
+        assert_eq!(
+            q.query.sql(),
+            "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+        );
+        assert_eq!(q.conninfo, c.upstream);
+        assert_eq!(q.application_name, "eu1 auth query");
     }
 }

@@ -9,6 +9,11 @@
 //! hba rules, 28P01 for anything about the password; what only the server log may know (which
 //! check failed, the matching hba line) travels in [`SessionEnd::AuthFailed`]'s `log_detail`
 //! and is logged once, by the session. No password, verifier or proof is ever logged.
+//!
+//! With `--auth-query`, a user the auth file does not list gets its verifier from the upstream
+//! ([`super::auth_query`]) before the exchange starts, as PostgreSQL reads the role's secret
+//! before it sends AuthenticationSASL; the file wins for users it lists. The lookup's state
+//! (the cache) lives as long as the query is configured the same, across reloads.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,12 +22,13 @@ use anyhow::Context as _;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::auth_query::{self, UpstreamVerifiers};
 use super::connection::Conn;
 use super::error::SessionEnd;
 use crate::access::hba::{self, Decision, HbaRules};
 use crate::access::scram::{self, Binding, MockKey, ScramExchange, ScramFailure, Step};
 use crate::access::tls::ServerTls;
-use crate::access::users::UserList;
+use crate::access::users::{Lookup, UserList};
 use crate::config::AccessFiles;
 use crate::proto::backend;
 use crate::proto::RawMessage;
@@ -50,6 +56,8 @@ pub struct Access {
     pub tls: Option<Tls>,
     /// The secret behind mock salts for unknown users (one per process).
     pub mock: MockKey,
+    /// `--auth-query`: verifiers of users not in the auth file, from the upstream.
+    pub query: Option<Arc<UpstreamVerifiers>>,
 }
 
 impl Access {
@@ -60,6 +68,7 @@ impl Access {
             users: UserList::empty(),
             tls: None,
             mock: MockKey::random(),
+            query: None,
         }
     }
 
@@ -68,6 +77,13 @@ impl Access {
     pub fn reload(&self, files: &AccessFiles) -> anyhow::Result<Access> {
         let mut access = Access::load(files)?;
         access.mock = self.mock.clone();
+        // The same query keeps its cache (and its lookups in progress); a changed one starts
+        // afresh.
+        if let (Some(old), Some(new)) = (&self.query, &access.query) {
+            if old.source() == new.source() {
+                access.query = Some(old.clone());
+            }
+        }
         Ok(access)
     }
 
@@ -109,11 +125,19 @@ impl Access {
         for w in users.warnings() {
             tracing::warn!("{w}");
         }
+        let query = files.auth_query.as_ref().map(|source| {
+            tracing::info!(
+                query = source.query.sql(),
+                "downstream users not in the auth file are looked up on the upstream (auth_query)"
+            );
+            Arc::new(UpstreamVerifiers::new(source.clone()))
+        });
         Ok(Access {
             hba,
             users,
             tls,
             mock: MockKey::random(),
+            query,
         })
     }
 
@@ -193,7 +217,35 @@ pub async fn authenticate(
                     log_detail: (!detail.is_empty()).then_some(detail),
                 }
             };
-            let bound = scram_exchange(conn, access, who.tls, user, cancel, fail).await?;
+            // The file wins; the upstream is asked only about users it does not list.
+            let fetched = match &access.query {
+                Some(q) if !access.users.contains(user) => {
+                    let looked_up = tokio::select! {
+                        r = q.lookup(user) => r,
+                        _ = cancel.cancelled() => return Err(SessionEnd::Shutdown),
+                    };
+                    match looked_up {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            let detail = [Some(e.to_string()), matched]
+                                .into_iter()
+                                .flatten()
+                                .collect::<Vec<_>>()
+                                .join(" ");
+                            return Err(SessionEnd::AuthFailed {
+                                error: auth_query::lookup_failed(user),
+                                log_detail: Some(detail),
+                            });
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let lookup = match &fetched {
+                Some(f) => f.lookup(),
+                None => access.users.lookup(user),
+            };
+            let bound = scram_exchange(conn, access, who.tls, user, lookup, cancel, fail).await?;
             Ok(if bound {
                 Method::ScramSha256Plus
             } else {
@@ -209,6 +261,7 @@ async fn scram_exchange(
     access: &Access,
     tls: bool,
     user: &str,
+    lookup: Lookup<'_>,
     cancel: &CancellationToken,
     fail: impl Fn(ScramFailure) -> SessionEnd,
 ) -> Result<bool, SessionEnd> {
@@ -216,14 +269,9 @@ async fn scram_exchange(
     backend::authentication_sasl(conn.out(), scram::mechanisms(&binding));
     conn.flush().await?;
     let first = sasl_response(conn, cancel).await?;
-    let (mut exchange, mut step) = ScramExchange::from_initial_response(
-        user,
-        access.users.lookup(user),
-        &access.mock,
-        binding,
-        &first.body,
-    )
-    .map_err(&fail)?;
+    let (mut exchange, mut step) =
+        ScramExchange::from_initial_response(user, lookup, &access.mock, binding, &first.body)
+            .map_err(&fail)?;
     loop {
         match step {
             Step::Continue(data) => {
@@ -286,6 +334,32 @@ mod tests {
             e.message,
             "no pg_hba.conf entry for replication connection from host \"10.1.2.3\", user \"rep\", no encryption"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_auth_query_cache_only_for_the_same_query() {
+        use crate::access::query::AuthQuery;
+        use crate::config::AuthQuerySource;
+        let conninfo: crate::config::conninfo::ConnInfo = "host=a user=r".parse().unwrap();
+        let files = |sql: &str| AccessFiles {
+            auth_query: Some(AuthQuerySource {
+                query: AuthQuery::parse(sql).unwrap(),
+                conninfo: conninfo.clone(),
+                application_name: "walrelay auth query".into(),
+            }),
+            ..Default::default()
+        };
+        let q1 = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1";
+        let a = Access::load(&files(q1)).unwrap();
+        let b = a.reload(&files(q1)).unwrap();
+        let (qa, qb) = (a.query.clone().unwrap(), b.query.clone().unwrap());
+        assert!(Arc::ptr_eq(&qa, &qb), "the same query lost its cache");
+        let q2 = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+        let c = b.reload(&files(q2)).unwrap();
+        let qc = c.query.clone().unwrap();
+        assert!(!Arc::ptr_eq(&qb, &qc), "a changed query kept the old cache");
+        assert_eq!(qc.source().query.sql(), q2);
+        assert!(c.reload(&AccessFiles::default()).unwrap().query.is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! of others.
 
 pub mod auth;
+pub mod auth_query;
 pub mod client;
 pub mod commands;
 pub mod connection;
