@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub failover_standby: Vec<String>,
+    /// `hold` or `serve`.
+    pub failover_standby_missing: Option<String>,
     pub log_format: Option<String>,
     /// PostgreSQL-style size (`1GB`, `512MB`; a bare number is megabytes).
     pub wal_keep_size: Option<String>,
@@ -83,6 +85,7 @@ pub struct Overrides {
     pub http: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub failover_standby: Vec<String>,
+    pub failover_standby_missing: Option<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
@@ -150,6 +153,9 @@ pub struct RelayConfig {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub failover_standbys: Vec<String>,
+    /// What a failover standby that cannot be placed (not connected, no slot, never seen)
+    /// does to serving (needs a restart to change).
+    pub failover_standby_missing: crate::failover::MissingPolicy,
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
@@ -229,6 +235,13 @@ impl RelayConfig {
             file.failover_standby
         } else {
             over.failover_standby
+        };
+        let failover_standby_missing = match over
+            .failover_standby_missing
+            .or(file.failover_standby_missing)
+        {
+            Some(m) => crate::failover::MissingPolicy::parse(&m)?,
+            None => crate::failover::MissingPolicy::default(),
         };
         let application_name = upstream
             .application_name
@@ -316,6 +329,7 @@ impl RelayConfig {
             http,
             data_dir,
             failover_standbys,
+            failover_standby_missing,
             application_name,
             retention: Retention {
                 wal_keep_size,
