@@ -165,6 +165,7 @@ impl FailoverWatcher {
                 primary: None,
                 persisted,
                 persisted_at: None,
+                sources: BTreeMap::new(),
             };
             loop {
                 if cancel.is_cancelled() {
@@ -375,7 +376,7 @@ impl FailoverWatcher {
             }
             let (limit, states) = rule.observe(&obs);
             let holding = states.iter().any(|(_, s)| s.state == HoldState::Missing);
-            let changed = self.log_transitions(&states, rule.holds_missing());
+            let changed = self.log_transitions(&states, rule.holds_missing(), &mut st.sources);
             self.persist(rule, tli, changed, st).await;
             // Cut at a record end: a downstream never holds part of a record past what the
             // candidates confirmed, so it can never be "ahead" of a promoted candidate's fork
@@ -425,19 +426,17 @@ impl FailoverWatcher {
     }
 
     /// Logs each candidate that became unknown (neither connected, nor with a slot, nor seen)
-    /// or known again, comparing with the last status. Returns whether any candidate's source
-    /// changed (then what was seen is persisted at once).
-    fn log_transitions(&self, states: &[(String, CandidateState)], holds_missing: bool) -> bool {
-        let before: BTreeMap<String, Source> = self
-            .status
-            .lock()
-            .map(|s| {
-                s.standbys
-                    .iter()
-                    .map(|c| (c.name.clone(), c.state.source))
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// or known again, comparing with the last reading's (`last`, empty before the first).
+    /// Returns whether any candidate's source changed (then what was seen is persisted at
+    /// once).
+    fn log_transitions(
+        &self,
+        states: &[(String, CandidateState)],
+        holds_missing: bool,
+        last: &mut BTreeMap<String, Source>,
+    ) -> bool {
+        let before = std::mem::take(last);
+        last.extend(states.iter().map(|(n, s)| (n.clone(), s.source)));
         let mut changed = false;
         for (name, state) in states {
             let was = before.get(name).copied();
@@ -490,4 +489,6 @@ struct WatchState {
     /// What `failover.json` holds now.
     persisted: Option<Seen>,
     persisted_at: Option<Instant>,
+    /// Each candidate's source at the last reading (for the log).
+    sources: BTreeMap<String, Source>,
 }
