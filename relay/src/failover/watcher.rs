@@ -143,6 +143,14 @@ impl FailoverWatcher {
                         .min()
                 })
                 .map_or(d.lsn, |l| l.min(d.lsn));
+            // Cut at a record end, as every limit is (see `session`).
+            let floor = if floor < d.lsn {
+                self.store
+                    .record_end_at_or_before(d.timeline, floor)
+                    .unwrap_or(floor)
+            } else {
+                floor
+            };
             self.store.set_serve_limit(ServeLimit::UpTo {
                 timeline: d.timeline,
                 lsn: floor,
