@@ -417,6 +417,42 @@ mod tests {
     }
 
     #[test]
+    fn failover_standby_missing_from_file_and_flag() {
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let file: FileConfig = toml::from_str(base).unwrap();
+        let c = RelayConfig::build(file, Overrides::default()).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Hold
+        );
+        let file: FileConfig =
+            toml::from_str(&format!("{base}failover_standby_missing = \"serve\"\n")).unwrap();
+        let c = RelayConfig::build(file.clone(), Overrides::default()).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Serve
+        );
+        let over = Overrides {
+            failover_standby_missing: Some("hold".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file.clone(), over).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Hold
+        );
+        let over = Overrides {
+            failover_standby_missing: Some("sometimes".into()),
+            ..Default::default()
+        };
+        let e = RelayConfig::build(file, over).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("invalid failover_standby_missing"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn limits_from_file_and_flags() {
         let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
         let file: FileConfig = toml::from_str(&format!("{base}max_connections = 5\n")).unwrap();

@@ -112,6 +112,12 @@ fn failover_standby_holds_across_a_relay_restart_while_the_candidate_is_down() {
         "relay durable {relay_end}, c's slot at {c_end}, failover {}",
         status["failover"]
     );
+    // It holds at c's slot, the state on the primary that outlived both the relay's restart
+    // and c's connection.
+    let c_state = &status["failover"]["standbys"][0];
+    assert_eq!(c_state["source"], "slot", "{c_state}");
+    assert_eq!(c_state["flush_lsn"], c_end.to_string(), "{c_state}");
+    assert_eq!(status["failover"]["holding"], true);
     let servable = lsn(
         "/status servable_lsn",
         status["store"]["servable_lsn"].as_str().unwrap_or_default(),
