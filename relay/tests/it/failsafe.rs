@@ -294,3 +294,71 @@ fn failover_standby_missing_holds_until_known_or_serves_when_told() {
     );
     relay.assert_running();
 }
+
+/// A candidate without a slot that the relay saw before it restarted: the restarted relay
+/// holds at what it saw last (`<data-dir>/failover.json`, source `persisted`), not "never
+/// seen", so the standby behind it gets none of the rows written while the candidate is away.
+#[test]
+fn failover_standby_seen_before_a_restart_holds_from_failover_json() {
+    let Topology {
+        primary,
+        candidates: [ha],
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .rows(1..=500)
+        .start();
+    let ha_end = crate::failover::cut_off(&primary, &ha, "ha");
+    relay.wait_status("the relay holding for the missing ha", |s| {
+        s["failover"]["holding"] == true && s["failover"]["standbys"][0]["source"] == "persisted"
+    });
+    let file = relay.data_dir().join("failover.json");
+    let saved = wait_until("failover.json to hold ha's position", || {
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        match v["standbys"]["ha"]
+            .as_str()
+            .map(|t| lsn("failover.json", t))
+        {
+            Some(at) if v["timeline"] == 1 => Ok(at),
+            _ => Err(text),
+        }
+    });
+    assert!(
+        saved <= ha_end,
+        "failover.json says {saved}, ha received {ha_end}"
+    );
+    let rows_before = standby.psql(ROWS);
+
+    relay.stop();
+    relay.restart();
+    workload::insert_rows(&primary, 501..=3000);
+    relay.wait_ready();
+    let relay_end = relay.wait_flushed(primary.flush_lsn());
+    let status = relay.wait_status("the restarted relay holding at what it saw", |s| {
+        let c = &s["failover"]["standbys"][0];
+        s["failover"]["connected"] == true && c["source"] == "persisted" && c["state"] == "missing"
+    });
+    eprintln!("failover: {}", status["failover"]);
+    let status = wait_downstreams_sent_all(&relay);
+    let servable = lsn(
+        "/status servable_lsn",
+        status["store"]["servable_lsn"].as_str().unwrap_or_default(),
+    );
+    eprintln!(
+        "relay durable {relay_end}, failover.json {saved}, ha received {ha_end}, serving up to {servable}"
+    );
+    assert!(
+        servable <= ha_end,
+        "serving up to {servable}, past what ha received ({ha_end})"
+    );
+    assert!(
+        servable < relay_end,
+        "serving up to {servable}, relay end {relay_end}"
+    );
+    assert_eq!(standby.psql(ROWS), rows_before);
+    relay.assert_running();
+}
