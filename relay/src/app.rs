@@ -101,6 +101,7 @@ pub async fn run(
                 conninfo: cfg.upstream.clone(),
                 names: names_rx,
                 application_name: format!("{} failover watcher", cfg.application_name),
+                missing_policy: cfg.failover_standby_missing,
                 store: store.clone(),
                 upstream: upstream_state.clone(),
                 status: failover_status.clone(),

@@ -70,6 +70,10 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub failover_standby: Vec<String>,
+    /// A failover standby neither connected, nor with a slot, nor seen before: hold or serve
+    /// [default: hold].
+    #[arg(long, env = "WALRELAY_FAILOVER_STANDBY_MISSING")]
+    pub failover_standby_missing: Option<String>,
     /// WAL kept behind the newest, whatever the slots (PostgreSQL units) [default: 1GB].
     #[arg(long, env = "WALRELAY_WAL_KEEP_SIZE")]
     pub wal_keep_size: Option<String>,

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
                 http: args.http,
                 data_dir: args.data_dir,
                 failover_standby: args.failover_standby,
+                failover_standby_missing: args.failover_standby_missing,
                 wal_keep_size: args.wal_keep_size,
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
                 max_connections: args.max_connections,

@@ -26,7 +26,8 @@
 //!   depend on it), and WAL already served beyond the candidates cannot be taken back from the
 //!   downstreams, so switching it on in flight would promise what it cannot keep.
 //!
-//! Everything else (`upstream`, `slot`, `listen`, `http`, `data_dir`, `log_format`, and
+//! Everything else (`upstream`, `slot`, `listen`, `http`, `data_dir`, `log_format`,
+//! `failover_standby_missing`, and
 //! `failover_standby` turned on or off) is logged as needing a restart and keeps its running
 //! value, so a later reload reports it again until the relay restarts.
 
@@ -269,6 +270,10 @@ impl Reloader {
             ("http", new.http != run.http),
             ("data_dir", new.data_dir != run.data_dir),
             ("failover_standby", failover_restart),
+            (
+                "failover_standby_missing",
+                new.failover_standby_missing != run.failover_standby_missing,
+            ),
             ("log_format", new.log_format != run.log_format),
             (
                 "max_replication_slots",

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::failover::{CandidateState, FailoverStatus};
+use crate::failover::{FailoverStatus, HoldState};
 use crate::store::writer::WriterHandle;
 use crate::upstream::{UpstreamState, UpstreamStatus};
 
@@ -75,7 +75,7 @@ pub fn status_line(up: &UpstreamStatus, failover: Option<&FailoverStatus>) -> St
         let missing: Vec<&str> = f
             .standbys
             .iter()
-            .filter(|c| matches!(c.state, CandidateState::Missing(_)))
+            .filter(|c| c.state.state == HoldState::Missing)
             .map(|c| c.application_name.as_str())
             .collect();
         line.push_str("; holding: waiting for failover candidate ");
@@ -240,7 +240,7 @@ pub async fn watchdog(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failover::CandidateJson;
+    use crate::failover::{CandidateJson, CandidateState, Source};
     use crate::wal::Lsn;
 
     #[test]
@@ -262,14 +262,22 @@ mod tests {
         );
         let fo = FailoverStatus {
             standbys: vec![
-                CandidateJson {
-                    application_name: "pg_b".into(),
-                    state: CandidateState::Missing(Lsn(0x100)),
-                },
-                CandidateJson {
-                    application_name: "pg_c".into(),
-                    state: CandidateState::Confirmed(Lsn(0x200)),
-                },
+                CandidateJson::new(
+                    "pg_b".into(),
+                    CandidateState {
+                        state: HoldState::Missing,
+                        source: Source::Persisted,
+                        flush_lsn: Some(Lsn(0x100)),
+                    },
+                ),
+                CandidateJson::new(
+                    "pg_c".into(),
+                    CandidateState {
+                        state: HoldState::Confirmed,
+                        source: Source::Connected,
+                        flush_lsn: Some(Lsn(0x200)),
+                    },
+                ),
             ],
             holding: true,
             ..Default::default()

@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub failover_standby: Vec<String>,
+    /// `hold` or `serve`.
+    pub failover_standby_missing: Option<String>,
     pub log_format: Option<String>,
     /// PostgreSQL-style size (`1GB`, `512MB`; a bare number is megabytes).
     pub wal_keep_size: Option<String>,
@@ -88,6 +90,7 @@ pub struct Overrides {
     pub http: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub failover_standby: Vec<String>,
+    pub failover_standby_missing: Option<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
     pub max_connections: Option<u32>,
@@ -168,6 +171,9 @@ pub struct RelayConfig {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub failover_standbys: Vec<String>,
+    /// What a failover standby that cannot be placed (not connected, no slot, never seen)
+    /// does to serving (needs a restart to change).
+    pub failover_standby_missing: crate::failover::MissingPolicy,
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
@@ -247,6 +253,13 @@ impl RelayConfig {
             file.failover_standby
         } else {
             over.failover_standby
+        };
+        let failover_standby_missing = match over
+            .failover_standby_missing
+            .or(file.failover_standby_missing)
+        {
+            Some(m) => crate::failover::MissingPolicy::parse(&m)?,
+            None => crate::failover::MissingPolicy::default(),
         };
         let application_name = upstream
             .application_name
@@ -342,6 +355,7 @@ impl RelayConfig {
             http,
             data_dir,
             failover_standbys,
+            failover_standby_missing,
             application_name,
             retention: Retention {
                 wal_keep_size,
@@ -426,6 +440,42 @@ mod tests {
         assert_eq!(c.application_name, "walrelay");
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.max_replication_slots, DEFAULT_MAX_REPLICATION_SLOTS);
+    }
+
+    #[test]
+    fn failover_standby_missing_from_file_and_flag() {
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let file: FileConfig = toml::from_str(base).unwrap();
+        let c = RelayConfig::build(file, Overrides::default()).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Hold
+        );
+        let file: FileConfig =
+            toml::from_str(&format!("{base}failover_standby_missing = \"serve\"\n")).unwrap();
+        let c = RelayConfig::build(file.clone(), Overrides::default()).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Serve
+        );
+        let over = Overrides {
+            failover_standby_missing: Some("hold".into()),
+            ..Default::default()
+        };
+        let c = RelayConfig::build(file.clone(), over).unwrap();
+        assert_eq!(
+            c.failover_standby_missing,
+            crate::failover::MissingPolicy::Hold
+        );
+        let over = Overrides {
+            failover_standby_missing: Some("sometimes".into()),
+            ..Default::default()
+        };
+        let e = RelayConfig::build(file, over).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("invalid failover_standby_missing"),
+            "{e:#}"
+        );
     }
 
     #[test]

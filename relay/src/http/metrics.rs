@@ -171,6 +171,16 @@ pub fn render(s: &HttpState, disk: &Disk) -> String {
         sample(&mut out, "walrelay_failover_holding", f.holding as u8);
         header(
             &mut out,
+            "walrelay_failover_candidates_missing",
+            "--failover-standby candidates the relay cannot place: not connected, no slot, not seen.",
+        );
+        sample(
+            &mut out,
+            "walrelay_failover_candidates_missing",
+            f.missing().count(),
+        );
+        header(
+            &mut out,
             "walrelay_failover_limit_lag_bytes",
             "Durable WAL not yet served because the failover standbys have not confirmed it.",
         );

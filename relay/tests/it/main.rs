@@ -20,6 +20,7 @@ mod bad_clients;
 mod crash;
 mod dashboard_metrics;
 mod failover;
+mod failsafe;
 mod fanout;
 mod ha;
 mod lag;

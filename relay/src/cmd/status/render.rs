@@ -155,6 +155,12 @@ fn render_failover(f: &FailoverView, flushed: Option<Lsn>, width: u16) -> String
         let name = c.application_name.as_deref().unwrap_or("?");
         parts.push(match (c.state.as_deref(), &c.flush_lsn) {
             (Some("confirmed"), Some(l)) => format!("{name} confirmed {l}"),
+            (Some("missing"), Some(l)) if c.source.as_deref() == Some("slot") => {
+                format!("{name} away, slot at {l}")
+            }
+            (Some("missing"), Some(l)) if c.source.as_deref() == Some("missing") => {
+                format!("{name} UNKNOWN, held at {l}")
+            }
             (Some("missing"), Some(l)) => format!("{name} MISSING since {l}"),
             (Some("never_seen"), _) => format!("{name} never seen"),
             (Some(other), _) => format!("{name} {other}"),

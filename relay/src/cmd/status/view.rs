@@ -115,6 +115,9 @@ pub struct CandidateView {
     pub application_name: Option<String>,
     /// `confirmed`, `missing` or `never_seen`.
     pub state: Option<String>,
+    /// `connected`, `slot`, `persisted` or `missing` (absent from relays before slots
+    /// could place a candidate).
+    pub source: Option<String>,
     pub flush_lsn: Option<String>,
 }
 
@@ -151,7 +154,7 @@ impl DownstreamView {
 pub(crate) mod fixtures {
     use super::*;
     use crate::failover::watcher::CandidateJson;
-    use crate::failover::{CandidateState, FailoverStatus};
+    use crate::failover::{CandidateState, FailoverStatus, HoldState, Source};
     use crate::http::status::{
         DivergedJson, DownstreamJson, SlotJson, Status, StoreJson, UpstreamJson,
     };
@@ -245,19 +248,25 @@ pub(crate) mod fixtures {
             }],
             failover: Some(FailoverStatus {
                 standbys: vec![
-                    CandidateJson {
-                        application_name: "ha1".into(),
-                        state: CandidateState::Confirmed(Lsn(0x300_0000)),
-                    },
-                    CandidateJson {
-                        application_name: "ha2".into(),
-                        state: CandidateState::Missing(Lsn(0x2F0_0000)),
-                    },
-                    CandidateJson {
-                        application_name: "ha3".into(),
-                        state: CandidateState::NeverSeen,
-                    },
+                    CandidateJson::new(
+                        "ha1".into(),
+                        CandidateState {
+                            state: HoldState::Confirmed,
+                            source: Source::Connected,
+                            flush_lsn: Some(Lsn(0x300_0000)),
+                        },
+                    ),
+                    CandidateJson::new(
+                        "ha2".into(),
+                        CandidateState {
+                            state: HoldState::Missing,
+                            source: Source::Persisted,
+                            flush_lsn: Some(Lsn(0x2F0_0000)),
+                        },
+                    ),
+                    CandidateJson::new("ha3".into(), CandidateState::NEVER_SEEN),
                 ],
+                missing_policy: "hold",
                 limit_lsn: Some(Lsn(0x2F0_0000)),
                 holding: true,
                 connected: false,
@@ -323,18 +332,19 @@ mod tests {
                 retained_bytes: Some(0xF0_0000),
             }]
         );
-        let cand = |n: &str, st: &str, l: Option<&str>| CandidateView {
+        let cand = |n: &str, st: &str, src: &str, l: Option<&str>| CandidateView {
             application_name: Some(n.into()),
             state: Some(st.into()),
+            source: Some(src.into()),
             flush_lsn: l.map(Into::into),
         };
         assert_eq!(
             doc.failover,
             Some(FailoverView {
                 standbys: vec![
-                    cand("ha1", "confirmed", Some("0/3000000")),
-                    cand("ha2", "missing", Some("0/2F00000")),
-                    cand("ha3", "never_seen", None),
+                    cand("ha1", "confirmed", "connected", Some("0/3000000")),
+                    cand("ha2", "missing", "persisted", Some("0/2F00000")),
+                    cand("ha3", "never_seen", "missing", None),
                 ],
                 limit_lsn: Some("0/2F00000".into()),
                 holding: Some(true),
