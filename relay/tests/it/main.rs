@@ -15,6 +15,7 @@
 mod harness;
 
 mod access;
+mod backfill;
 mod bad_clients;
 mod crash;
 mod dashboard_metrics;
