@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 
 use walrelay::wal::segment::segment_file_name;
+use walrelay::wal::Lsn;
 
 use crate::harness::receivewal::assert_same_file;
-use crate::harness::{os, workload, PgCluster, Relay, SEG_SIZE};
+use crate::harness::wire::{QueryResult, ReplClient};
+use crate::harness::{lsn, os, wait_until, workload, PgCluster, Relay, Topology, SEG_SIZE};
 use crate::versions::installed;
 
 /// The slot exists before the standby's base backup (as Patroni's permanent slots do); the
@@ -107,4 +109,156 @@ fn slot_start_scenario(bin: Option<PathBuf>) {
         standby.log_tail()
     );
     relay.assert_running();
+}
+
+/// `IDENTIFY_SYSTEM` on `port`: (timeline, xlogpos).
+fn identify(port: u16) -> (String, Lsn) {
+    let mut client = ReplClient::connect(port, "identify_check")
+        .unwrap_or_else(|e| panic!("replication connection to port {port}: {e}"));
+    let reply = client.query("IDENTIFY_SYSTEM").expect("IDENTIFY_SYSTEM");
+    assert_eq!(reply.error, None, "IDENTIFY_SYSTEM on port {port}");
+    let row = reply.rows.first().expect("IDENTIFY_SYSTEM returns a row");
+    let tli = row.get(1).cloned().flatten().expect("a timeline");
+    let pos = row.get(2).cloned().flatten().expect("an xlogpos");
+    (tli, lsn("IDENTIFY_SYSTEM xlogpos", &pos))
+}
+
+/// `START_REPLICATION PHYSICAL start TIMELINE 1` on `port`, expected to be refused.
+fn start_refused(port: u16, start: Lsn) -> QueryResult {
+    let mut client = ReplClient::connect(port, "ahead_check")
+        .unwrap_or_else(|e| panic!("replication connection to port {port}: {e}"));
+    let reply = client
+        .query(&format!("START_REPLICATION PHYSICAL {start} TIMELINE 1"))
+        .expect("START_REPLICATION reply");
+    assert!(
+        !reply.copy_data,
+        "port {port} sent CopyData (WAL or a keepalive) for a start at {start}, past its flush position, instead of refusing it"
+    );
+    reply
+}
+
+/// A standby ahead of its relay: the relay is restarted from its data directory while the
+/// standby got segments further from the primary (a relay restarted from an older disk, or one
+/// a standby switches to). The relay reports exactly its servable end in `IDENTIFY_SYSTEM`
+/// (also right after the restart and while it lags), refuses a start past it in PostgreSQL's
+/// words (checked against PostgreSQL's own answer), sends the standby nothing, the standby
+/// keeps retrying with its rows intact, and streams every row once the relay has caught up.
+#[test]
+fn ahead_standby_refused_until_relay_catches_up() {
+    let Topology {
+        primary,
+        relays: [mut relay],
+        standbys: [standby],
+        ..
+    } = Topology::primary_relay_standby().rows(1..=100).start();
+    relay.wait_flushed(primary.flush_lsn());
+    workload::wait_rows(&primary, &standby);
+    let before_stop = relay.status_lsn("/store/servable_lsn");
+    let (_, pos) = identify(relay.port());
+    assert!(
+        pos <= relay.status_lsn("/store/servable_lsn") && pos >= before_stop,
+        "IDENTIFY_SYSTEM {pos} is not the servable end (from {before_stop})"
+    );
+    let status = relay.stop();
+    assert!(status.success(), "walrelay exited {status} on SIGTERM");
+
+    // The standby goes on from the primary, segments past the relay.
+    standby.set_primary_conninfo(Some(primary.port()));
+    for batch in 1..4 {
+        workload::insert_rows(&primary, batch * 100 + 1..=batch * 100 + 100);
+        workload::switch_wal(&primary);
+    }
+    workload::wait_rows(&primary, &standby);
+
+    // The relay comes back from its data directory with no upstream to catch up from.
+    relay.set_upstream(&format!(
+        "host=127.0.0.1 port={} user=postgres",
+        os::free_port()
+    ));
+    relay.restart();
+    relay.wait_healthy();
+    let servable = relay.status_lsn("/store/servable_lsn");
+    assert!(
+        servable >= before_stop && servable < primary.flush_lsn(),
+        "after the restart the relay serves up to {servable}: it held {before_stop} and lags the primary"
+    );
+    assert_eq!(
+        identify(relay.port()),
+        ("1".to_string(), servable),
+        "IDENTIFY_SYSTEM after the restart must report the servable end"
+    );
+
+    // What PostgreSQL answers a start past its flush position, and the relay the same.
+    let standby_start = standby.receive_lsn().segment_start(SEG_SIZE);
+    assert!(
+        standby_start > servable,
+        "the standby ({standby_start}) must be ahead of the relay ({servable})"
+    );
+    let pg_far = Lsn(primary.flush_lsn().segment_start(SEG_SIZE).0 + 4 * SEG_SIZE);
+    let pg = start_refused(primary.port(), pg_far);
+    let pg_err = pg.error.expect("PostgreSQL refuses a start past its flush");
+    let pg_prefix = format!(
+        "requested starting point {pg_far} is ahead of the WAL flush position of this server "
+    );
+    assert!(
+        pg.copy_both && pg_err.code() == "XX000" && pg_err.message().starts_with(&pg_prefix),
+        "harness self-check: PostgreSQL answered {pg_err:?} (CopyBoth first: {})",
+        pg.copy_both
+    );
+    let ours = start_refused(relay.port(), standby_start);
+    let err = ours
+        .error
+        .expect("the relay refuses a start past its servable end");
+    assert!(
+        ours.copy_both,
+        "PostgreSQL sends CopyBothResponse before this error"
+    );
+    assert_eq!(
+        (err.severity(), err.code(), err.message()),
+        (
+            pg_err.severity(),
+            "XX000",
+            format!("requested starting point {standby_start} is ahead of the WAL flush position of this server {servable}").as_str()
+        )
+    );
+
+    // The standby is refused, retries, and is sent nothing.
+    let rows = standby.psql("select count(*) from t");
+    standby.set_primary_conninfo(Some(relay.port()));
+    let refusal = format!(
+        "requested starting point {standby_start} is ahead of the WAL flush position of this server {servable}"
+    );
+    wait_until("the standby to be refused twice (a retry)", || {
+        let n = standby.log().matches(&refusal).count();
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} refusals; log tail:\n{}", standby.log_tail()))
+        }
+    });
+    assert_eq!(
+        relay.metric("walrelay_wal_sent_bytes_total").unwrap_or(0.0),
+        0.0,
+        "the relay sent WAL to a standby ahead of it"
+    );
+    assert_eq!(standby.psql("select count(*) from t"), rows);
+    assert_eq!(identify(relay.port()).1, servable);
+
+    // The relay catches up from the primary; the standby streams from it, every row.
+    relay.stop();
+    relay.set_upstream(&primary.conninfo());
+    relay.restart();
+    relay.wait_ready();
+    workload::insert_rows(&primary, 401..=500);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(
+        standby.psql("select status, sender_port from pg_stat_wal_receiver"),
+        format!("streaming|{}", relay.port())
+    );
+    let (_, pos) = identify(relay.port());
+    let servable = relay.status_lsn("/store/servable_lsn");
+    assert!(
+        pos <= servable,
+        "IDENTIFY_SYSTEM {pos} is past the servable end {servable}"
+    );
 }
