@@ -11,7 +11,9 @@ use walrelay::wal::Lsn;
 
 use crate::harness::receivewal::assert_same_file;
 use crate::harness::wire::{QueryResult, ReplClient};
-use crate::harness::{lsn, os, wait_until, workload, PgCluster, Relay, Topology, SEG_SIZE};
+use crate::harness::{
+    lsn, os, segment_start, wait_until, workload, PgCluster, Relay, Topology, SEG_SIZE,
+};
 use crate::versions::installed;
 
 /// The slot exists before the standby's base backup (as Patroni's permanent slots do); the
@@ -261,4 +263,94 @@ fn ahead_standby_refused_until_relay_catches_up() {
         pos <= servable,
         "IDENTIFY_SYSTEM {pos} is past the servable end {servable}"
     );
+}
+
+/// Backfill: a relay started late (its store begins at the primary's segment of that moment)
+/// serves a standby restored from an older base backup: the segments it never held, which the
+/// primary still has (pinned by a slot), are fetched from the primary on a second connection,
+/// stored byte-identical to the primary's, and streamed; every row arrives. WAL the primary
+/// no longer has either gets `58P01` in PostgreSQL's words, as the primary itself answers.
+#[test]
+fn backfill_serves_wal_older_than_the_store() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    workload::retire_first_segment(&primary);
+    primary.pin_wal();
+    workload::insert_rows(&primary, 401..=500);
+    let standby = PgCluster::basebackup_standby(&primary, "standby", os::free_port());
+    for batch in 5..8 {
+        workload::insert_rows(&primary, batch * 100 + 1..=batch * 100 + 100);
+        workload::switch_wal(&primary);
+    }
+    primary.psql("checkpoint");
+
+    let mut relay = Relay::start(&primary.conninfo(), "relay");
+    relay.wait_ready();
+    relay.wait_flushed(primary.flush_lsn());
+    let first = relay
+        .segments()
+        .first()
+        .map(|(n, _)| n.clone())
+        .expect("a segment");
+    let needed = standby.replay_lsn().segment_start(SEG_SIZE);
+    assert!(
+        needed < segment_start(&first),
+        "the standby ({needed}) must need WAL from before the relay's first segment {first}"
+    );
+
+    standby.set_primary_conninfo(Some(relay.port()));
+    workload::insert_rows(&primary, 801..=900);
+    workload::wait_rows(&primary, &standby);
+    assert_eq!(
+        standby.psql("select status, sender_port from pg_stat_wal_receiver"),
+        format!("streaming|{}", relay.port())
+    );
+    let segments = relay.segments();
+    let backfilled: Vec<&String> = segments
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| segment_start(n) < segment_start(&first))
+        .collect();
+    assert!(
+        backfilled
+            .first()
+            .is_some_and(|n| segment_start(n) <= needed),
+        "the relay backfilled {backfilled:?}, not from the standby's {needed}"
+    );
+    for (name, partial) in &segments {
+        if !partial {
+            assert_same_file(
+                &relay.data_dir().join("wal").join(name),
+                &primary.pg_wal_dir().join(name),
+            );
+        }
+    }
+    assert!(
+        segments
+            .iter()
+            .all(|(n, p)| !p || segment_start(n) >= segment_start(&first)),
+        "backfilled segments are stored whole: {segments:?}"
+    );
+
+    // WAL neither the relay nor the primary has: both answer alike.
+    let gone = Lsn(SEG_SIZE);
+    let pg = start_refused(primary.port(), gone)
+        .error
+        .expect("the primary refuses");
+    let ours = start_refused(relay.port(), gone)
+        .error
+        .expect("the relay refuses");
+    assert_eq!(
+        (pg.code(), pg.message()),
+        (
+            "58P01",
+            "requested WAL segment 000000010000000000000001 has already been removed"
+        ),
+        "harness self-check: PostgreSQL's answer"
+    );
+    assert_eq!(
+        (ours.severity(), ours.code(), ours.message()),
+        (pg.severity(), pg.code(), pg.message())
+    );
+    relay.assert_running();
 }
