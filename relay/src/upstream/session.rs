@@ -16,7 +16,6 @@ use super::connection::{
 use super::status::UpstreamState;
 use super::target::connect_any;
 use crate::config::conninfo::ConnInfo;
-use crate::downstream::client::server_major;
 use crate::lag::Feedback;
 use crate::proto::replication::{
     now_pg, parse_server_copy, HotStandbyFeedback, ServerCopyMessage, StandbyStatus,
@@ -377,6 +376,15 @@ async fn slot_restart(
     Ok(Some((tli, restart)))
 }
 
+/// The major version of a `server_version` (`15.18 (Debian …)` → 15, `18beta1` → 18).
+fn server_major(version: &str) -> u32 {
+    let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+    version
+        .get(..digits)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Fetches the history files of `tli`'s lineage that the store lacks.
 async fn fetch_histories(
     conn: &mut Connection,
@@ -543,4 +551,17 @@ async fn send_status(
     .encode_payload(&mut payload);
     conn.send_copy_data(&payload).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_major;
+
+    #[test]
+    fn server_major_of_versions() {
+        assert_eq!(server_major("15.18 (Debian 15.18-0+deb12u1)"), 15);
+        assert_eq!(server_major("14.24"), 14);
+        assert_eq!(server_major("18beta1"), 18);
+        assert_eq!(server_major(""), 0);
+    }
 }
