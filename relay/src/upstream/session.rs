@@ -323,36 +323,18 @@ async fn slot_restart(
             .map_err(|e| anyhow!("READ_REPLICATION_SLOT returned an invalid restart_tli: {e}"))?;
         (restart, tli)
     } else {
-        let host = conn.host().clone();
-        let idx = up
-            .cfg
-            .conninfo
-            .hosts
-            .iter()
-            .position(|h| h.host == host.host && h.port == host.port)
-            .ok_or_else(|| anyhow!("upstream host {host} not in the conninfo", host = host.host))?;
-        let mut sql = connect_kind(
-            &up.cfg.conninfo,
-            idx,
-            &up.cfg.application_name,
-            SessionKind::Sql,
-        )
-        .await
-        .context("connect to upstream (SQL) to read the slot's restart_lsn")?;
-        let query = format!(
-            "select restart_lsn from pg_replication_slots where slot_name = '{}'",
-            slot.replace('\'', "''")
-        );
-        let rows = sql
-            .simple_query(&query)
-            .await
-            .context("read the slot's restart_lsn from pg_replication_slots")?;
-        sql.terminate().await;
-        let restart = col(&rows, 0)
-            .map(str::parse::<Lsn>)
-            .transpose()
-            .map_err(|e| anyhow!("pg_replication_slots returned an invalid restart_lsn: {e}"))?;
-        (restart, None)
+        match slot_restart_sql(up, conn, slot).await {
+            Ok(restart) => (restart, None),
+            Err(e) => {
+                // A role allowed only replication connections (pg_hba) cannot read it: the
+                // store then starts at the current position, and older WAL is backfilled.
+                warn!(
+                    slot,
+                    "could not read the upstream slot's restart_lsn from pg_replication_slots ({e:#}): a new store starts at the upstream's current position"
+                );
+                return Ok(None);
+            }
+        }
     };
     let Some(restart) = restart.filter(|l| l.is_valid()) else {
         warn!(
@@ -374,6 +356,45 @@ async fn slot_restart(
         }
     };
     Ok(Some((tli, restart)))
+}
+
+/// `restart_lsn` of `slot` from `pg_replication_slots`, over a SQL session to the server `conn`
+/// is connected to (PostgreSQL 13 and 14, which have no `READ_REPLICATION_SLOT`).
+async fn slot_restart_sql(
+    up: &Upstream,
+    conn: &Connection,
+    slot: &str,
+) -> anyhow::Result<Option<Lsn>> {
+    let host = conn.host().clone();
+    let idx = up
+        .cfg
+        .conninfo
+        .hosts
+        .iter()
+        .position(|h| h.host == host.host && h.port == host.port)
+        .ok_or_else(|| anyhow!("upstream host {host} not in the conninfo", host = host.host))?;
+    let mut sql = connect_kind(
+        &up.cfg.conninfo,
+        idx,
+        &up.cfg.application_name,
+        SessionKind::Sql,
+    )
+    .await
+    .context("connect to upstream (SQL) to read the slot's restart_lsn")?;
+    let query = format!(
+        "select restart_lsn from pg_replication_slots where slot_name = '{}'",
+        slot.replace('\'', "''")
+    );
+    let rows = sql
+        .simple_query(&query)
+        .await
+        .context("read the slot's restart_lsn from pg_replication_slots")?;
+    sql.terminate().await;
+    let restart = col(&rows, 0)
+        .map(str::parse::<Lsn>)
+        .transpose()
+        .map_err(|e| anyhow!("pg_replication_slots returned an invalid restart_lsn: {e}"))?;
+    Ok(restart)
 }
 
 /// The major version of a `server_version` (`15.18 (Debian …)` → 15, `18beta1` → 18).
