@@ -27,6 +27,7 @@ use crate::reload::{ConfigSource, Reloader};
 use crate::service;
 use crate::store::retention::{self, RetentionConfig};
 use crate::store::{writer, Store};
+use crate::upstream::backfill::Backfiller;
 use crate::upstream::{self, UpstreamConfig, UpstreamState};
 
 pub async fn run(
@@ -112,7 +113,12 @@ pub async fn run(
     let ctx = Arc::new(
         downstream::Context::new(store.clone(), registry.clone(), cancel.clone())
             .with_access(access)
-            .with_limits(cfg.limits),
+            .with_limits(cfg.limits)
+            .with_backfill(Arc::new(Backfiller::new(
+                cfg.upstream.clone(),
+                format!("{} backfill", cfg.application_name),
+                store.clone(),
+            ))),
     );
     tracker.spawn(
         downstream::serve(listener, ctx.clone(), tracker.clone(), accept_beat)

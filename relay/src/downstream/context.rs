@@ -20,6 +20,7 @@ use super::auth::Access;
 pub use crate::config::Limits;
 use crate::lag::Registry;
 use crate::store::Store;
+use crate::upstream::backfill::Backfiller;
 
 /// What every downstream session shares.
 pub struct Context {
@@ -37,6 +38,9 @@ pub struct Context {
     /// Sessions past the limit that are read up to their startup packet before they are
     /// refused (PostgreSQL's dead-end backends), at most `max_connections` of them too.
     refusals: Arc<AtomicUsize>,
+    /// Where WAL older than the store's oldest segment comes from, when a walsender is asked
+    /// for it ([`crate::upstream::backfill`]); `None`: such requests get `58P01` at once.
+    backfill: Option<Arc<Backfiller>>,
 }
 
 /// What the listener does with a new connection.
@@ -86,7 +90,19 @@ impl Context {
             limits: watch::Sender::new(Limits::default()),
             connections: Arc::default(),
             refusals: Arc::default(),
+            backfill: None,
         }
+    }
+
+    /// The same context, backfilling from the upstream through `backfill`.
+    pub fn with_backfill(mut self, backfill: Arc<Backfiller>) -> Self {
+        self.backfill = Some(backfill);
+        self
+    }
+
+    /// The backfiller, if the relay backfills.
+    pub fn backfill(&self) -> Option<&Arc<Backfiller>> {
+        self.backfill.as_ref()
     }
 
     /// The same context with these limits.

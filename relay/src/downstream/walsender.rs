@@ -11,6 +11,11 @@
 //!
 //! Invariant: no byte at or past the published servable end is ever sent.
 //!
+//! A start before the store's oldest segment is backfilled first: the missing segments are
+//! fetched from the upstream into the store ([`crate::upstream::backfill`]) before the
+//! CopyBothResponse goes out, then served like any other; `58P01` only when the upstream no
+//! longer has them either.
+//!
 //! `wal_sender_timeout` is followed as it is reloaded (SIGHUP): the walsender watches the
 //! context's limits and times its client by the new value from then on, as PostgreSQL's
 //! walsenders re-read their settings at each loop after a SIGHUP.
@@ -35,6 +40,7 @@ use crate::proto::replication::{
 };
 use crate::store::reader::{ReadError, WalReader};
 use crate::store::servable::{Historic, Servable};
+use crate::upstream::backfill::BackfillError;
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
 use crate::wire::{MsgReader, ReadHalf, WireError};
 
@@ -149,8 +155,18 @@ pub async fn start_replication(
     // At the durable end the next segment may not exist yet: the stream just waits for it.
     let available_end = historic.map(|h| h.switchpoint).unwrap_or(durable.lsn);
     if let Some(r) = reader.as_mut().filter(|_| start < available_end) {
-        if let Err(e) = r.check_segment(file_tli(tli, historic, start, seg_size), start) {
-            return Ok(conn.send_error(&read_error(e)).await?);
+        let ftli = file_tli(tli, historic, start, seg_size);
+        if let Err(e) = r.check_segment(ftli, start) {
+            // WAL older than the store's oldest segment: the upstream may still have it.
+            let e = match e {
+                ReadError::SegmentMissing(_) if backfill(ctx, ftli, start, seg_size).await => {
+                    r.check_segment(ftli, start).err()
+                }
+                e => Some(e),
+            };
+            if let Some(e) = e {
+                return Ok(conn.send_error(&read_error(e)).await?);
+            }
         }
     }
     conn.flush().await?;
@@ -250,6 +266,27 @@ struct SlotUse {
 impl Drop for SlotUse {
     fn drop(&mut self) {
         self.slots.release(&self.name, self.pid);
+    }
+}
+
+/// Fetches the WAL from `start` on that the store lacks, older than its oldest segment of
+/// `tli`, from the upstream ([`crate::upstream::backfill`]). `false` when nothing could be
+/// fetched (no backfill configured, the upstream no longer has it either, or it could not be
+/// asked): the relay's `58P01` stands, in PostgreSQL's words, for the segment asked for.
+async fn backfill(ctx: &Context, tli: TimeLineId, start: Lsn, seg_size: u64) -> bool {
+    let Some(b) = ctx.backfill() else {
+        return false;
+    };
+    match b.fetch(tli, start.segment(seg_size)).await {
+        Ok(()) => true,
+        Err(BackfillError::Removed(message)) => {
+            tracing::info!(%start, timeline = tli, "the upstream no longer has the WAL asked for either: {message}");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%start, timeline = tli, "could not backfill WAL from upstream: {e}");
+            false
+        }
     }
 }
 

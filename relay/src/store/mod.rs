@@ -7,8 +7,9 @@
 //! - [`fs`]: every file write (durable whole-file write, segment files, the `.partial` rule),
 //!   and the fault-injection seam;
 //! - [`catalog`]: what the files in `wal/` are (listed and classified once);
-//! - [`writer`] (the one writer thread), [`reader`] (walsenders' reads), [`tail`] (recent WAL
-//!   in memory), [`record_ends`] (where records end), [`histories`] (history files);
+//! - [`writer`] (the one writer thread), [`backfill`] (older segments added below the
+//!   oldest), [`reader`] (walsenders' reads), [`tail`] (recent WAL in memory),
+//!   [`record_ends`] (where records end), [`histories`] (history files);
 //! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
 //!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`], [`usage`] (what
 //!   the store takes on disk, measured for the operator).
@@ -16,7 +17,9 @@
 //! Invariants:
 //! - Segment files are written by the writer thread ([`writer`]), and before it starts by
 //!   recovery at open (zeroing a torn tail, completing a whole `.partial`); moving diverged
-//!   WAL aside runs on the writer thread; retention only removes whole old segments.
+//!   WAL aside runs on the writer thread; retention only removes whole old segments;
+//!   [`backfill`] only adds whole, validated segments right below the oldest of a timeline,
+//!   all at once, newest first (never a `.partial`, never a hole).
 //! - Every file under the data directory is either absent or whole: small files go through
 //!   [`fs::durable_write`], a segment gets its complete name only once written to its end and
 //!   fsynced.
@@ -28,6 +31,7 @@
 //!   at the segment's start.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
+pub mod backfill;
 pub mod catalog;
 mod diverged;
 pub mod fs;

@@ -18,6 +18,7 @@
 //! moves after fsync.
 
 mod auth;
+pub mod backfill;
 pub mod connection;
 pub mod error;
 mod message;

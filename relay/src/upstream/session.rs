@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use super::connection::{parse_next_timeline, Connection, CopyEvent, StartOutcome};
+use super::connection::{
+    connect_kind, parse_next_timeline, Connection, CopyEvent, SessionKind, StartOutcome,
+};
 use super::status::UpstreamState;
 use super::target::connect_any;
 use crate::config::conninfo::ConnInfo;
@@ -20,7 +22,7 @@ use crate::proto::replication::{
 };
 use crate::store::writer::WriterHandle;
 use crate::store::{Identity, Store};
-use crate::wal::history::{parse_history, switch_point};
+use crate::wal::history::{parse_history, switch_point, timeline_of_point};
 use crate::wal::segment::parse_seg_size;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -154,15 +156,29 @@ async fn session(up: &Upstream) -> anyhow::Result<()> {
         s.upstream_lsn = Some(up_pos);
     });
 
-    if let Some(slot) = &up.cfg.slot {
-        ensure_slot(&mut conn, slot).await?;
-    }
+    let slot_existed = match &up.cfg.slot {
+        Some(slot) => !ensure_slot(&mut conn, slot).await?,
+        None => false,
+    };
     fetch_histories(&mut conn, &up.store, up_tli).await?;
 
     reconcile_timelines(up, up_tli).await?;
     let durable = up.store.durable();
+    let slot_start = match (&up.cfg.slot, slot_existed, durable.lsn.is_valid()) {
+        (Some(slot), true, false) => {
+            slot_restart(up, &mut conn, slot, &server_version, up_tli).await?
+        }
+        _ => None,
+    };
     let (mut tli, mut start) = if durable.lsn.is_valid() {
         (durable.timeline, durable.lsn)
+    } else if let Some((restart_tli, restart)) = slot_start {
+        // A new store on a slot that already exists (made by the operator or the HA manager
+        // before the standbys' base backups) starts where the slot holds WAL from, as
+        // `pg_receivewal --slot` does: the upstream keeps that WAL for the relay, and the
+        // standbys made since may need all of it.
+        info!(%restart, timeline = restart_tli, "new store: starting at the upstream slot's restart_lsn");
+        (restart_tli, restart.segment_start(seg_size))
     } else {
         // A new store starts at the segment holding the upstream's current position, so that
         // its first file is whole, as pg_receivewal does.
@@ -266,17 +282,128 @@ async fn reconcile_timelines(up: &Upstream, up_tli: TimeLineId) -> anyhow::Resul
 }
 
 /// Creates the upstream slot if missing (reserving WAL now, so nothing the relay needs is
-/// removed while it streams).
-async fn ensure_slot(conn: &mut Connection, slot: &str) -> anyhow::Result<()> {
+/// removed while it streams). Returns whether it created it.
+async fn ensure_slot(conn: &mut Connection, slot: &str) -> anyhow::Result<bool> {
     let cmd = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL");
     match conn.simple_query(&cmd).await {
         Ok(_) => {
             info!(slot, "created replication slot on upstream");
-            Ok(())
+            Ok(true)
         }
-        Err(e) if e.sqlstate() == Some("42710") => Ok(()),
+        Err(e) if e.sqlstate() == Some("42710") => Ok(false),
         Err(e) => Err(anyhow::Error::new(e).context(format!("create replication slot \"{slot}\""))),
     }
+}
+
+/// The `restart_lsn` of the upstream's slot `slot` and the timeline it is on, `None` when the
+/// slot holds no WAL (made without `RESERVE_WAL`, or invalidated by
+/// `max_slot_wal_keep_size`). PostgreSQL 15+ answers `READ_REPLICATION_SLOT` on the
+/// replication connection (with `restart_tli`); before 15 `pg_replication_slots` is read
+/// through a SQL session to the same server, and the timeline is the one that holds
+/// `restart_lsn` in the upstream's history (which [`fetch_histories`] has stored by now).
+async fn slot_restart(
+    up: &Upstream,
+    conn: &mut Connection,
+    slot: &str,
+    server_version: &str,
+    up_tli: TimeLineId,
+) -> anyhow::Result<Option<(TimeLineId, Lsn)>> {
+    let (restart, tli) = if server_major(server_version) >= 15 {
+        let rows = conn
+            .simple_query(&format!("READ_REPLICATION_SLOT \"{slot}\""))
+            .await
+            .with_context(|| format!("READ_REPLICATION_SLOT \"{slot}\""))?;
+        let restart = col(&rows, 1)
+            .map(str::parse::<Lsn>)
+            .transpose()
+            .map_err(|e| anyhow!("READ_REPLICATION_SLOT returned an invalid restart_lsn: {e}"))?;
+        let tli = col(&rows, 2)
+            .map(str::parse::<TimeLineId>)
+            .transpose()
+            .map_err(|e| anyhow!("READ_REPLICATION_SLOT returned an invalid restart_tli: {e}"))?;
+        (restart, tli)
+    } else {
+        match slot_restart_sql(up, conn, slot).await {
+            Ok(restart) => (restart, None),
+            Err(e) => {
+                // A role allowed only replication connections (pg_hba) cannot read it: the
+                // store then starts at the current position, and older WAL is backfilled.
+                warn!(
+                    slot,
+                    "could not read the upstream slot's restart_lsn from pg_replication_slots ({e:#}): a new store starts at the upstream's current position"
+                );
+                return Ok(None);
+            }
+        }
+    };
+    let Some(restart) = restart.filter(|l| l.is_valid()) else {
+        warn!(
+            slot,
+            "the upstream slot holds no WAL (no restart_lsn): a new store starts at the upstream's current position"
+        );
+        return Ok(None);
+    };
+    let tli = match tli {
+        Some(t) => t,
+        None => {
+            let history = up
+                .store
+                .history(up_tli)
+                .map(|h| parse_history(&h))
+                .transpose()?
+                .unwrap_or_default();
+            timeline_of_point(restart, up_tli, &history)
+        }
+    };
+    Ok(Some((tli, restart)))
+}
+
+/// `restart_lsn` of `slot` from `pg_replication_slots`, over a SQL session to the server `conn`
+/// is connected to (PostgreSQL 13 and 14, which have no `READ_REPLICATION_SLOT`).
+async fn slot_restart_sql(
+    up: &Upstream,
+    conn: &Connection,
+    slot: &str,
+) -> anyhow::Result<Option<Lsn>> {
+    let host = conn.host().clone();
+    let idx = up
+        .cfg
+        .conninfo
+        .hosts
+        .iter()
+        .position(|h| h.host == host.host && h.port == host.port)
+        .ok_or_else(|| anyhow!("upstream host {host} not in the conninfo", host = host.host))?;
+    let mut sql = connect_kind(
+        &up.cfg.conninfo,
+        idx,
+        &up.cfg.application_name,
+        SessionKind::Sql,
+    )
+    .await
+    .context("connect to upstream (SQL) to read the slot's restart_lsn")?;
+    let query = format!(
+        "select restart_lsn from pg_replication_slots where slot_name = '{}'",
+        slot.replace('\'', "''")
+    );
+    let rows = sql
+        .simple_query(&query)
+        .await
+        .context("read the slot's restart_lsn from pg_replication_slots")?;
+    sql.terminate().await;
+    let restart = col(&rows, 0)
+        .map(str::parse::<Lsn>)
+        .transpose()
+        .map_err(|e| anyhow!("pg_replication_slots returned an invalid restart_lsn: {e}"))?;
+    Ok(restart)
+}
+
+/// The major version of a `server_version` (`15.18 (Debian …)` → 15, `18beta1` → 18).
+fn server_major(version: &str) -> u32 {
+    let digits = version.bytes().take_while(u8::is_ascii_digit).count();
+    version
+        .get(..digits)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Fetches the history files of `tli`'s lineage that the store lacks.
@@ -445,4 +572,17 @@ async fn send_status(
     .encode_payload(&mut payload);
     conn.send_copy_data(&payload).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_major;
+
+    #[test]
+    fn server_major_of_versions() {
+        assert_eq!(server_major("15.18 (Debian 15.18-0+deb12u1)"), 15);
+        assert_eq!(server_major("14.24"), 14);
+        assert_eq!(server_major("18beta1"), 18);
+        assert_eq!(server_major(""), 0);
+    }
 }

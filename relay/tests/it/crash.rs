@@ -533,6 +533,13 @@ fn relay_side_slot_keeps_wal_and_drop_releases_it() {
         }
     });
     eprintln!("after DROP_REPLICATION_SLOT the oldest segment is {oldest}");
+    // The relay backfills WAL it no longer holds from the primary while the primary has it:
+    // 58P01 is for WAL that neither has.
+    primary.psql("checkpoint");
+    assert!(
+        !primary.pg_wal_dir().join(&held_name).exists(),
+        "the primary still has {held_name} after the checkpoint"
+    );
     let mut client = ReplClient::connect(relay.port(), "late").expect("connect");
     let start = segment_start(&held_name);
     let reply = client

@@ -16,6 +16,7 @@ mod harness;
 
 mod access;
 mod access_query;
+mod backfill;
 mod bad_clients;
 mod crash;
 mod dashboard_metrics;

@@ -39,7 +39,7 @@ fn under_ci() -> bool {
 
 /// The bin dir of `major`: Debian's (the harness default) for 15, the installed npm build
 /// otherwise, or None (after saying so) when it is not installed outside CI.
-fn installed(major: u32) -> Option<PathBuf> {
+pub(crate) fn installed(major: u32) -> Option<PathBuf> {
     let bin = if major == 15 {
         os::pg_bin_dir()
     } else {
