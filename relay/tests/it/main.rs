@@ -16,6 +16,7 @@ mod harness;
 
 mod access;
 mod bad_clients;
+mod campaign;
 mod crash;
 mod dashboard_metrics;
 mod failover;
