@@ -207,10 +207,14 @@ fn ids(server: &PgCluster) -> Option<BTreeSet<u32>> {
     Some(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
-/// Waits up to [`CONVERGE_BOUND`] until `standby` streams `timeline` and has exactly
+/// Waits until `deadline` for `standby` to stream `timeline` and hold exactly
 /// `expected` (the new primary's digest). Err: what it last showed.
-fn converge(standby: &PgCluster, expected: &str, timeline: u32) -> Result<(), String> {
-    let deadline = Instant::now() + CONVERGE_BOUND;
+fn converge(
+    standby: &PgCluster,
+    expected: &str,
+    timeline: u32,
+    deadline: Instant,
+) -> Result<(), String> {
     let want_tli = format!("streaming:{timeline}");
     loop {
         let digest = standby.try_psql(DIGEST);
@@ -240,8 +244,10 @@ fn check_standbys(
     workload::insert_rows(new_primary, 9_000_001..=9_000_500);
     let expected = new_primary.psql(DIGEST);
     let (mut rebuilds, mut lost, mut notes) = (0, 0u64, Vec::new());
+    // One bound for all the standbys of the round: they converge (or not) at the same time.
+    let deadline = Instant::now() + CONVERGE_BOUND;
     for (name, standby) in standbys {
-        if let Err(last) = converge(standby, &expected, timeline) {
+        if let Err(last) = converge(standby, &expected, timeline, deadline) {
             rebuilds += 1;
             let theirs = ids(standby).unwrap_or_default();
             let ours = ids(new_primary).unwrap_or_default();
