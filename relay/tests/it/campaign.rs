@@ -241,7 +241,9 @@ fn check_standbys(
     standbys: &[(&str, &PgCluster)],
     since: Instant,
 ) -> (f64, u32, u64, Vec<String>) {
-    workload::insert_rows(new_primary, 9_000_001..=9_000_500);
+    // Marker rows per timeline: a second check (back to back) must not insert the same ids.
+    let first = 9_000_001 + timeline * 1000;
+    workload::insert_rows(new_primary, first..=first + 499);
     let expected = new_primary.psql(DIGEST);
     let (mut rebuilds, mut lost, mut notes) = (0, 0u64, Vec::new());
     // One bound for all the standbys of the round: they converge (or not) at the same time.
@@ -255,8 +257,12 @@ fn check_standbys(
             let extra = theirs.difference(&ours).count() as u64;
             lost += missing + extra;
             notes.push(format!(
-                "{name}: REBUILD (missing {missing}, extra {extra}; last {last}; log: {})",
-                standby.log_tail().lines().last().unwrap_or_default(),
+                "{name}: REBUILD (missing {missing}, extra {extra}; last {last}; last error: {})",
+                standby
+                    .log()
+                    .lines()
+                    .rfind(|l| l.contains("FATAL") || l.contains("ERROR"))
+                    .unwrap_or_default(),
             ));
         }
     }
