@@ -223,9 +223,13 @@ fn converge(
         match (&digest, &tli) {
             (Ok(d), Ok(t)) if d == expected && *t == want_tli => return Ok(()),
             _ if Instant::now() >= deadline => {
+                let receiver = standby.try_psql(
+                    "select flushed_lsn || ' from port ' || sender_port || ', latest end ' \
+                     || latest_end_lsn from pg_stat_wal_receiver",
+                );
                 return Err(format!(
-                    "rows {digest:?} (want {expected}), walreceiver {tli:?}"
-                ))
+                    "rows {digest:?} (want {expected}), walreceiver {tli:?} {receiver:?}"
+                ));
             }
             _ => thread::sleep(Duration::from_millis(100)),
         }
@@ -449,8 +453,20 @@ fn round(kind: Kind, rng: &mut XorShift) -> Round {
 }
 
 /// Adds what the relays say about their downstreams to the round's notes.
+/// After a rebuild, also prints each relay's `/status` and log tail (the round's dirs are gone
+/// once it ends): `campaign-diag:` lines in the full output.
 fn finish_round(relays: [&Relay; 3], mut round: Round) -> Round {
     for (name, relay) in ["A", "B", "C"].iter().zip(relays) {
+        if round.rebuilds > 0 {
+            let status = relay.status();
+            println!(
+                "campaign-diag: relay {name} upstream {} downstreams {}",
+                status["upstream"], status["downstreams"]
+            );
+            for line in relay.log_tail().lines() {
+                println!("campaign-diag: relay {name} log: {line}");
+            }
+        }
         let diverged = relay.status()["diverged_downstreams"].clone();
         if diverged.as_array().is_some_and(|d| !d.is_empty()) {
             round
@@ -562,10 +578,20 @@ fn campaign() {
             .collect();
         if !of_kind.is_empty() {
             let errs = of_kind.iter().filter(|r| r.is_err()).count();
+            let done: Vec<&Round> = of_kind.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let mut secs: Vec<f64> = done.iter().map(|r| r.converge_s).collect();
+            secs.sort_by(f64::total_cmp);
+            let pick = |i: usize| secs.get(i).copied().unwrap_or(f64::NAN);
             println!(
-                "campaign: kind {} rounds {} errors {errs}",
+                "campaign: kind {} rounds {} errors {errs} rebuilds {} rows_lost {} \
+                 converge_s min {:.1} median {:.1} max {:.1}",
                 kind.name(),
-                of_kind.len()
+                of_kind.len(),
+                done.iter().map(|r| r.rebuilds).sum::<u32>(),
+                done.iter().map(|r| r.rows_lost).sum::<u64>(),
+                pick(0),
+                pick(secs.len() / 2),
+                pick(secs.len().saturating_sub(1)),
             );
         }
     }
