@@ -18,6 +18,7 @@ mod access;
 mod access_query;
 mod backfill;
 mod bad_clients;
+mod campaign;
 mod crash;
 mod dashboard_metrics;
 mod failover;
