@@ -58,6 +58,9 @@ for i, c in enumerate([
     "START_REPLICATION 16/B374D848", "START_REPLICATION SLOT l LOGICAL 0/0 (proto_version '1')",
     "BASE_BACKUP (LABEL 'x', PROGRESS)", "select 1", " ; ;", "UPLOAD_MANIFEST",
     "ALTER_REPLICATION_SLOT s (FAILOVER true)",
+    # var_name: each component is truncated on its own, the whole may exceed 63 bytes (the
+    # first long run's find: the target had quoted the whole name as one identifier).
+    "READ_REPLICATION_SLOT " + " . ".join(["Abcdefghij" * 4] * 3),
 ]):
     put("command", f"c{i:02}", c.encode())
 

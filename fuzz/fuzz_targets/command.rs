@@ -10,16 +10,19 @@ fn quoted(name: &str) -> Option<String> {
     (!name.is_empty() && !name.contains('"')).then(|| format!("\"{name}\""))
 }
 
+/// `var_name` (SHOW and READ_REPLICATION_SLOT take one): identifiers joined by '.', each
+/// truncated on its own, so each is quoted on its own.
+fn var_name(name: &str) -> Option<String> {
+    let parts = name.split('.').map(quoted).collect::<Option<Vec<_>>>()?;
+    Some(parts.join("."))
+}
+
 fn render(c: &Command) -> Option<String> {
     Some(match c {
         Command::IdentifySystem => "IDENTIFY_SYSTEM".to_string(),
-        Command::Show(name) => {
-            // var_name: components joined by '.', each an identifier of its own.
-            let parts = name.split('.').map(quoted).collect::<Option<Vec<_>>>()?;
-            format!("SHOW {}", parts.join("."))
-        }
+        Command::Show(name) => format!("SHOW {}", var_name(name)?),
         Command::TimelineHistory(t) => format!("TIMELINE_HISTORY {t}"),
-        Command::ReadReplicationSlot(s) => format!("READ_REPLICATION_SLOT {}", quoted(s)?),
+        Command::ReadReplicationSlot(s) => format!("READ_REPLICATION_SLOT {}", var_name(s)?),
         Command::CreatePhysicalSlot {
             name,
             temporary,
