@@ -708,4 +708,30 @@ pub(crate) mod tests {
             let _ = UserList::parse(t, "f");
         }
     }
+
+    proptest::proptest! {
+        // PBKDF2 runs per case: few iterations, few cases.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A verifier survives its own encoding, and the auth-file line `walrelay passwd
+        /// --user` writes for it (quotes in the name doubled) gives it back under that name.
+        #[test]
+        fn verifier_and_entry_round_trip(
+            password in "[^\\x00]{1,20}",
+            salt in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..24),
+            iterations in 1u32..4,
+            name in "[a-zA-Z0-9 \"'#_.@-]{1,20}",
+        ) {
+            let v = ScramVerifier::with_salt(password.as_bytes(), &salt, iterations).unwrap();
+            let encoded = v.encode();
+            let again = ScramVerifier::parse(&encoded).unwrap();
+            proptest::prop_assert_eq!(again.encode(), encoded.clone());
+            proptest::prop_assert!(again.verify_password(password.as_bytes()));
+            let users = UserList::parse(&format_entry(&name, &encoded), "t").unwrap();
+            match users.lookup(&name) {
+                Lookup::Scram(found) => proptest::prop_assert_eq!(found.encode(), encoded),
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }

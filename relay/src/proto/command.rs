@@ -780,4 +780,78 @@ ALTER_REPLICATION_SLOT x (FAILOVER \"x)",
             let _ = parse_command(&q);
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A slot name as written and as parsed: bare (down-cased by the scanner, so
+        /// generated lower-case, which no keyword is) or quoted (case kept; the replication
+        /// scanner has no `""` escape).
+        fn name() -> impl Strategy<Value = (String, String)> {
+            prop_oneof![
+                "[a-z_][a-z0-9_$]{0,62}".prop_map(|n| (n.clone(), n)),
+                "[A-Za-z0-9 _.;()'-]{1,63}".prop_map(|n| (format!("\"{n}\""), n)),
+            ]
+        }
+
+        proptest! {
+            /// START_REPLICATION written out in any of its forms parses to what was written.
+            #[test]
+            fn start_replication_round_trip(
+                slot in proptest::option::of(name()),
+                physical: bool,
+                lsn: u64,
+                timeline in proptest::option::of(1u32..),
+                semicolon: bool,
+            ) {
+                let mut q = "START_REPLICATION".to_string();
+                if let Some((written, _)) = &slot {
+                    q += &format!(" SLOT {written}");
+                }
+                if physical {
+                    q += " PHYSICAL";
+                }
+                q += &format!(" {}", Lsn(lsn));
+                if let Some(t) = timeline {
+                    q += &format!(" TIMELINE {t}");
+                }
+                if semicolon {
+                    q += ";";
+                }
+                prop_assert_eq!(
+                    parse_command(&q),
+                    Ok(Command::StartReplication {
+                        slot: slot.map(|(_, n)| n),
+                        start: Lsn(lsn),
+                        timeline,
+                    }),
+                    "{:?}", q
+                );
+            }
+
+            /// The slot commands round-trip their name and flags.
+            #[test]
+            fn slot_commands_round_trip(
+                (written, name) in name(),
+                temporary: bool,
+                reserve_wal: bool,
+                wait: bool,
+            ) {
+                let q = format!(
+                    "CREATE_REPLICATION_SLOT {written}{} PHYSICAL{}",
+                    if temporary { " TEMPORARY" } else { "" },
+                    if reserve_wal { " RESERVE_WAL" } else { "" },
+                );
+                prop_assert_eq!(
+                    parse_command(&q),
+                    Ok(Command::CreatePhysicalSlot { name: name.clone(), temporary, reserve_wal })
+                );
+                let q = format!("DROP_REPLICATION_SLOT {written}{}", if wait { " WAIT" } else { "" });
+                prop_assert_eq!(parse_command(&q), Ok(Command::DropSlot { name: name.clone(), wait }));
+                let q = format!("READ_REPLICATION_SLOT {written}");
+                prop_assert_eq!(parse_command(&q), Ok(Command::ReadReplicationSlot(name)));
+            }
+        }
+    }
 }

@@ -169,4 +169,42 @@ mod tests {
         assert!(fields.contains(&(b'D', "d".to_string())));
         assert_eq!(decode_error_fields(b"Sx"), vec![(b'S', "x".to_string())]);
     }
+
+    proptest::proptest! {
+        /// An error encodes to a message whose fields decode back to what was set, in order.
+        #[test]
+        fn fields_round_trip(
+            message in "[^\\x00]{0,80}",
+            detail in proptest::option::of("[^\\x00]{0,40}"),
+            hint in proptest::option::of("[^\\x00]{0,40}"),
+            fatal: bool,
+        ) {
+            let mut e = if fatal {
+                PgError::fatal(sqlstate::PROTOCOL_VIOLATION, message.clone())
+            } else {
+                PgError::error(sqlstate::UNDEFINED_FILE, message.clone())
+            };
+            if let Some(d) = &detail {
+                e = e.with_detail(d.clone());
+            }
+            if let Some(h) = &hint {
+                e = e.with_hint(h.clone());
+            }
+            let mut b = BytesMut::new();
+            e.encode(&mut b);
+            let m = crate::proto::split_message(&mut b).unwrap().unwrap();
+            proptest::prop_assert_eq!(m.tag, b'E');
+            proptest::prop_assert!(b.is_empty());
+            let sev = if fatal { "FATAL" } else { "ERROR" }.to_string();
+            let mut want = vec![
+                (b'S', sev.clone()),
+                (b'V', sev),
+                (b'C', e.code.to_string()),
+                (b'M', message),
+            ];
+            want.extend(detail.map(|d| (b'D', d)));
+            want.extend(hint.map(|h| (b'H', h)));
+            proptest::prop_assert_eq!(decode_error_fields(&m.body), want);
+        }
+    }
 }

@@ -160,4 +160,52 @@ mod tests {
         assert!(parse_startup_packet(&[0, 2, 0, 0]).is_err());
         assert!(parse_startup_packet(&[1]).is_err());
     }
+
+    proptest::proptest! {
+        /// A StartupMessage with any parameters (names and values without NUL), framed with
+        /// its length and followed by more bytes, splits off and parses to those parameters.
+        #[test]
+        fn startup_round_trip(
+            minor: u16,
+            params in proptest::collection::vec(("[^\\x00]{0,12}", "[^\\x00]{0,20}"), 0..8),
+            trailing in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+        ) {
+            let mut body = (3u32 << 16 | u32::from(minor)).to_be_bytes().to_vec();
+            for (k, v) in &params {
+                body.extend_from_slice(k.as_bytes());
+                body.push(0);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            let mut buf = bytes::BytesMut::new();
+            buf.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            buf.extend_from_slice(&body);
+            buf.extend_from_slice(&trailing);
+            let pkt = crate::proto::split_startup_packet(&mut buf).unwrap().unwrap();
+            proptest::prop_assert_eq!(&buf[..], &trailing[..]);
+            proptest::prop_assert_eq!(
+                parse_startup_packet(&pkt),
+                Ok(StartupPacket::Startup { minor, params })
+            );
+        }
+
+        /// Query and CopyFail text round-trips through a framed message.
+        #[test]
+        fn query_round_trip(q in "[^\\x00]{0,100}", fail: bool) {
+            let tag = if fail { b'f' } else { b'Q' };
+            let mut buf = bytes::BytesMut::new();
+            buf.extend_from_slice(&[tag]);
+            buf.extend_from_slice(&(q.len() as i32 + 5).to_be_bytes());
+            buf.extend_from_slice(q.as_bytes());
+            buf.extend_from_slice(&[0]);
+            let m = crate::proto::split_message(&mut buf).unwrap().unwrap();
+            let want = if fail {
+                FrontendMessage::CopyFail(q)
+            } else {
+                FrontendMessage::Query(q)
+            };
+            proptest::prop_assert_eq!(parse_frontend(m), Ok(want));
+        }
+    }
 }

@@ -125,4 +125,16 @@ mod tests {
         assert_eq!(l.segment_offset(seg), 0x4AC00);
         assert_eq!(l.page_start(), Lsn(0x304A000));
     }
+
+    proptest::proptest! {
+        /// Every LSN prints as `X/X` and parses back; the zero-padded, lower-case spelling
+        /// (what `pg_lsn` also accepts) parses to the same value.
+        #[test]
+        fn text_round_trip(v: u64) {
+            let l = Lsn(v);
+            proptest::prop_assert_eq!(l.to_string().parse::<Lsn>(), Ok(l));
+            let padded = format!("{:08x}/{:08x}", v >> 32, v & 0xFFFF_FFFF);
+            proptest::prop_assert_eq!(padded.parse::<Lsn>(), Ok(l));
+        }
+    }
 }
