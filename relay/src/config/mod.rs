@@ -106,6 +106,35 @@ pub struct Overrides {
     pub log_filter: Option<String>,
 }
 
+/// `--failover-standby-missing`: what a candidate that cannot be placed does to serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingPolicy {
+    /// Hold at the floor until the candidate is known (the default: safe).
+    #[default]
+    Hold,
+    /// Do not wait for it (the operator's explicit opt-out).
+    Serve,
+}
+
+impl MissingPolicy {
+    pub fn parse(s: &str) -> anyhow::Result<MissingPolicy> {
+        match s.trim() {
+            "hold" => Ok(MissingPolicy::Hold),
+            "serve" => Ok(MissingPolicy::Serve),
+            other => anyhow::bail!(
+                "invalid failover_standby_missing \"{other}\": expected \"hold\" or \"serve\""
+            ),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissingPolicy::Hold => "hold",
+            MissingPolicy::Serve => "serve",
+        }
+    }
+}
+
 /// How log lines are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -173,7 +202,7 @@ pub struct RelayConfig {
     pub failover_standbys: Vec<String>,
     /// What a failover standby that cannot be placed (not connected, no slot, never seen)
     /// does to serving (needs a restart to change).
-    pub failover_standby_missing: crate::failover::MissingPolicy,
+    pub failover_standby_missing: MissingPolicy,
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
@@ -258,8 +287,8 @@ impl RelayConfig {
             .failover_standby_missing
             .or(file.failover_standby_missing)
         {
-            Some(m) => crate::failover::MissingPolicy::parse(&m)?,
-            None => crate::failover::MissingPolicy::default(),
+            Some(m) => MissingPolicy::parse(&m)?,
+            None => MissingPolicy::default(),
         };
         let application_name = upstream
             .application_name
@@ -447,26 +476,17 @@ mod tests {
         let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
         let file: FileConfig = toml::from_str(base).unwrap();
         let c = RelayConfig::build(file, Overrides::default()).unwrap();
-        assert_eq!(
-            c.failover_standby_missing,
-            crate::failover::MissingPolicy::Hold
-        );
+        assert_eq!(c.failover_standby_missing, MissingPolicy::Hold);
         let file: FileConfig =
             toml::from_str(&format!("{base}failover_standby_missing = \"serve\"\n")).unwrap();
         let c = RelayConfig::build(file.clone(), Overrides::default()).unwrap();
-        assert_eq!(
-            c.failover_standby_missing,
-            crate::failover::MissingPolicy::Serve
-        );
+        assert_eq!(c.failover_standby_missing, MissingPolicy::Serve);
         let over = Overrides {
             failover_standby_missing: Some("hold".into()),
             ..Default::default()
         };
         let c = RelayConfig::build(file.clone(), over).unwrap();
-        assert_eq!(
-            c.failover_standby_missing,
-            crate::failover::MissingPolicy::Hold
-        );
+        assert_eq!(c.failover_standby_missing, MissingPolicy::Hold);
         let over = Overrides {
             failover_standby_missing: Some("sometimes".into()),
             ..Default::default()

@@ -22,36 +22,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use crate::config::MissingPolicy;
 use crate::wal::Lsn;
-
-/// `--failover-standby-missing`: what a candidate that cannot be placed does to serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MissingPolicy {
-    /// Hold at the floor until the candidate is known (the default: safe).
-    #[default]
-    Hold,
-    /// Do not wait for it (the operator's explicit opt-out).
-    Serve,
-}
-
-impl MissingPolicy {
-    pub fn parse(s: &str) -> anyhow::Result<MissingPolicy> {
-        match s.trim() {
-            "hold" => Ok(MissingPolicy::Hold),
-            "serve" => Ok(MissingPolicy::Serve),
-            other => anyhow::bail!(
-                "invalid failover_standby_missing \"{other}\": expected \"hold\" or \"serve\""
-            ),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MissingPolicy::Hold => "hold",
-            MissingPolicy::Serve => "serve",
-        }
-    }
-}
 
 /// Whether the candidate bounds serving (`/status` `state`, kept from before the sources).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
