@@ -25,7 +25,7 @@ hostssl   replication all     127.0.0.1/32  scram-sha-256
 ";
 
 /// `walrelay passwd --user NAME` with `password` on stdin: its one output line.
-fn passwd_line(user: &str, password: &str) -> String {
+pub(crate) fn passwd_line(user: &str, password: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["passwd", "--user", user])
         .stdin(Stdio::piped())

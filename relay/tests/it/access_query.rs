@@ -8,32 +8,11 @@
 //! superuser (it hands out neither a superuser's nor an expired verifier), and a changed query
 //! applied by SIGHUP.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use crate::access::passwd_line;
 use crate::harness::pg::psql;
 use crate::harness::{os, workload, PgCluster, Topology};
 
 const QUERY: &str = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname=$1";
-
-/// `walrelay passwd --user NAME` with `password` on stdin: one auth-file line.
-fn passwd_line(user: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["passwd", "--user", user])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run walrelay passwd");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "walrelay passwd failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn access_query_takes_verifiers_from_the_primary() {
