@@ -56,6 +56,9 @@ impl NotifySocket {
                 Ok(n) => self
                     .seen
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                // EINTR: a signal reached this test process (another test's child exiting);
+                // read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
                         e.kind(),
