@@ -22,7 +22,7 @@ use crate::proto::replication::{
 };
 use crate::store::writer::WriterHandle;
 use crate::store::{Identity, Store};
-use crate::wal::history::{parse_history, switch_point, timeline_of_point};
+use crate::wal::history::{parse_history, switch_point, timeline_of_point, HistoryEntry};
 use crate::wal::segment::parse_seg_size;
 use crate::wal::{Lsn, TimeLineId};
 
@@ -99,6 +99,15 @@ pub async fn supervise(up: Upstream, cancel: CancellationToken) {
         metrics::counter!("walrelay_upstream_reconnects_total").increment(1);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The entries of the store's history file of `tli` (none for timeline 1, which has no file).
+fn stored_history(store: &Store, tli: TimeLineId) -> anyhow::Result<Vec<HistoryEntry>> {
+    Ok(store
+        .history(tli)
+        .map(|h| parse_history(&h))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 fn col(rows: &[Vec<Option<String>>], i: usize) -> Option<&str> {
@@ -250,12 +259,7 @@ async fn reconcile_timelines(up: &Upstream, up_tli: TimeLineId) -> anyhow::Resul
             durable.timeline
         );
     }
-    let history = up
-        .store
-        .history(up_tli)
-        .map(|h| parse_history(&h))
-        .transpose()?
-        .unwrap_or_default();
+    let history = stored_history(&up.store, up_tli)?;
     let Some((Some(fork), _next)) = switch_point(durable.timeline, up_tli, &history) else {
         bail!(
             "the relay's timeline {} is not in the history of the upstream's timeline {up_tli}",
@@ -345,15 +349,7 @@ async fn slot_restart(
     };
     let tli = match tli {
         Some(t) => t,
-        None => {
-            let history = up
-                .store
-                .history(up_tli)
-                .map(|h| parse_history(&h))
-                .transpose()?
-                .unwrap_or_default();
-            timeline_of_point(restart, up_tli, &history)
-        }
+        None => timeline_of_point(restart, up_tli, &stored_history(&up.store, up_tli)?),
     };
     Ok(Some((tli, restart)))
 }
