@@ -10,6 +10,7 @@
 //! nothing and drops queued WAL until the next `Start`. Segment files are opened, written and
 //! fsynced through [`super::fs`], so the `.partial` rule holds and fail points can reach them.
 
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -263,19 +264,58 @@ impl Writer {
         self.seg = None;
         self.tli = tli;
         self.pos = Some(lsn);
-        let sysid = self
-            .store
-            .identity()
-            .and_then(|i| i.system_identifier.parse::<u64>().ok());
-        let mut decoder = WalDecoder::new(lsn, self.seg_size, sysid, None);
-        decoder.set_timeline(tli);
-        self.decoder = Some(decoder);
+        self.decoder = Some(self.resume_decoder(tli, lsn));
         if !same_stream {
             // Durable now means "up to lsn on tli": nothing of tli is stored past it yet.
             self.store.publish_durable(Durable { timeline: tli, lsn });
         }
         // A previous failure stays reported until WAL is written and synced again.
         Ok(())
+    }
+
+    /// The decoder for a stream that starts at `lsn` of `tli`. Inside a segment, it is first
+    /// fed the stored bytes from the segment start up to `lsn`, so that it knows what `lsn` is
+    /// in: the zero tail after an `XLOG_SWITCH` (the durable end moves through it as it
+    /// arrives), or a record's run over page boundaries. A fresh decoder at `lsn` would take
+    /// the switch tail's zeros at the next page boundary for a missing page header and refuse
+    /// the upstream's WAL for ever: a relay (or its downstream relay) stopped inside such a
+    /// tail could never resume. PostgreSQL's walreceiver sidesteps the question by always
+    /// streaming from the segment start; the relay keeps its start point and reads its own copy
+    /// instead. When the stored bytes cannot be read or do not validate up to `lsn`, the
+    /// stream starts with a fresh decoder at `lsn`, as before.
+    fn resume_decoder(&self, tli: TimeLineId, lsn: Lsn) -> WalDecoder {
+        let sysid = self
+            .store
+            .identity()
+            .and_then(|i| i.system_identifier.parse::<u64>().ok());
+        let fresh = || {
+            let mut d = WalDecoder::new(lsn, self.seg_size, sysid, None);
+            d.set_timeline(tli);
+            d
+        };
+        let off = lsn.segment_offset(self.seg_size);
+        if off == 0 {
+            return fresh();
+        }
+        let id = SegmentId::new(tli, lsn.segment(self.seg_size), self.seg_size);
+        let primed = || -> Result<WalDecoder, String> {
+            let file = super::fs::open_for_read(self.store.wal_dir(), id)
+                .map_err(|e| format!("open: {e}"))?;
+            let mut stored = vec![0u8; off as usize];
+            file.read_exact_at(&mut stored, 0)
+                .map_err(|e| format!("read: {e}"))?;
+            let mut d = WalDecoder::new(id.start(), self.seg_size, sysid, None);
+            d.set_timeline(tli);
+            d.feed(&stored).map_err(|e| e.to_string())?;
+            if d.position() != lsn {
+                return Err(format!("stored bytes end at {}", d.position()));
+            }
+            Ok(d)
+        };
+        primed().unwrap_or_else(|why| {
+            tracing::debug!(segment = %id.name(), %lsn, "resuming without the stored start of the segment ({why})");
+            fresh()
+        })
     }
 
     fn diverge(&mut self, tli: TimeLineId, at: Lsn) -> Result<u64, WriteError> {
@@ -570,6 +610,57 @@ mod tests {
             victim.lsn
         );
         assert!(store.health().borrow().error.is_none());
+    }
+
+    /// A stream stopped inside the zero tail after an `XLOG_SWITCH` (the durable end moves
+    /// through the tail as it arrives) resumes there: the zeros at the next page boundary are
+    /// part of the tail, not a missing page header (campaign round: relay B stopped at
+    /// 0/722E000 in such a tail when its upstream relay was killed, and refused every resend
+    /// with "invalid magic number 0000").
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stream_stopped_inside_a_switch_tail_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, handle, _t) = store_for_fixture(dir.path());
+        let f = fixture();
+        let seg = f.first_segno();
+        let start = Lsn(seg * SEG);
+        let switch = f
+            .records
+            .iter()
+            .find(|r| r.tot_len == 24 && r.rmgr == "XLOG")
+            .unwrap();
+        assert_eq!(
+            switch.lsn.segment(SEG),
+            seg,
+            "fixture: the switch is in the first segment"
+        );
+        // A page boundary well inside the tail.
+        let stop = Lsn(Lsn(switch.lsn.0 + 24).page_start().0 + 4 * 8192);
+        assert!(stop.0 < start.0 + SEG);
+        let bytes = f.bytes_from(seg);
+        let upto = (stop.0 - start.0) as usize;
+        handle.start(1, start).await.unwrap();
+        stream(&handle, start, &bytes[..upto]).await;
+        let d = settle(&store).await;
+        assert_eq!(
+            d.lsn, stop,
+            "durable follows the bytes through the switch tail"
+        );
+        // The upstream connection is lost; the session resumes from the durable end (a
+        // restarted relay instead finds the segment whole at open: recover.rs completes it).
+        handle.start(1, stop).await.unwrap();
+        stream(&handle, stop, &bytes[upto..2 * SEG as usize]).await;
+        let d = settle(&store).await;
+        assert!(
+            store.health().borrow().error.is_none(),
+            "{:?}",
+            store.health().borrow().error
+        );
+        assert!(
+            d.lsn > Lsn(start.0 + SEG),
+            "durable {} did not pass the switch",
+            d.lsn
+        );
     }
 
     /// An idle writer answers a probe; the count moves only through the thread.

@@ -466,6 +466,25 @@ fn finish_round(relays: [&Relay; 3], mut round: Round) -> Round {
             for line in relay.log_tail().lines() {
                 println!("campaign-diag: relay {name} log: {line}");
             }
+            // The whole data directory and log, for a post-mortem (the round's dirs are gone
+            // once it ends): `WALRELAY_CAMPAIGN_KEEP=DIR`.
+            if let Ok(keep) = std::env::var("WALRELAY_CAMPAIGN_KEEP") {
+                let dest = std::path::Path::new(&keep).join(format!(
+                    "{}-{name}",
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                let _ = std::fs::create_dir_all(&dest);
+                let _ = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(relay.data_dir())
+                    .arg(&dest)
+                    .status();
+                let _ = std::fs::write(dest.join("relay.log"), relay.log());
+                println!("campaign-diag: relay {name} kept in {}", dest.display());
+            }
         }
         let diverged = relay.status()["diverged_downstreams"].clone();
         if diverged.as_array().is_some_and(|d| !d.is_empty()) {
