@@ -54,6 +54,10 @@ pub(super) fn move_aside(
             // The fork is inside this segment: keep a copy of it whole, then zero the
             // diverged bytes in place so they can never be served.
             fs::copy(&path, &target)?;
+            // The copy must be on disk before the only other copy of those bytes is zeroed:
+            // after a crash in between, the diverged WAL is still somewhere.
+            fs::File::open(&target)?.sync_all()?;
+            fsync_dir(&diverged)?;
             let off = at.segment_offset(seg_size);
             zero_from(&path, off, seg_size - off)?;
             // No longer whole: by the `.partial` rule it must not keep its complete name.

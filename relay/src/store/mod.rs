@@ -80,10 +80,12 @@ pub struct Durable {
 pub enum StoreError {
     #[error("data directory {0} is in use by another walrelay")]
     Locked(PathBuf),
-    #[error("{context}: {source}")]
+    /// The OS error is part of the message (and so not also a `source`, which `{:#}` would
+    /// print a second time).
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     State(#[from] state::StateError),
@@ -95,7 +97,7 @@ pub enum StoreError {
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let context = context.into();
-    move |source| StoreError::Io { context, source }
+    move |cause| StoreError::Io { context, cause }
 }
 
 /// Health of ingest, as the writer last saw it.
