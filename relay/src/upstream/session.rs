@@ -14,7 +14,7 @@ use super::connection::{
     connect_kind, parse_next_timeline, Connection, CopyEvent, SessionKind, StartOutcome,
 };
 use super::status::UpstreamState;
-use super::target::connect_any;
+use super::target::connect_any_at_least;
 use crate::config::conninfo::ConnInfo;
 use crate::lag::Feedback;
 use crate::proto::replication::{
@@ -118,10 +118,14 @@ fn col(rows: &[Vec<Option<String>>], i: usize) -> Option<&str> {
 
 async fn session(up: &Upstream) -> anyhow::Result<()> {
     let expected = up.store.identity().map(|i| i.system_identifier);
-    let mut conn = connect_any(
+    let relay_tli = Some(up.store.durable())
+        .filter(|d| d.lsn.is_valid())
+        .map(|d| d.timeline);
+    let mut conn = connect_any_at_least(
         &up.cfg.conninfo,
         &up.cfg.application_name,
         expected.as_deref(),
+        relay_tli,
     )
     .await
     .context("connect to upstream")?;

@@ -17,6 +17,7 @@
 use super::connection::{connect, Connection};
 use super::error::UpstreamError;
 use crate::config::conninfo::{ConnInfo, TargetSessionAttrs};
+use crate::wal::TimeLineId;
 
 /// Connects to the first host of `ci` that accepts the connection, fits
 /// `ci.target_session_attrs` and, when `expected_sysid` is given, belongs to that cluster (a
@@ -26,6 +27,18 @@ pub async fn connect_any(
     ci: &ConnInfo,
     application_name: &str,
     expected_sysid: Option<&str>,
+) -> Result<Connection, UpstreamError> {
+    connect_any_at_least(ci, application_name, expected_sysid, None).await
+}
+
+/// [`connect_any`], also refusing a server whose timeline is older than `min_timeline` (the
+/// relay's own): an old primary that came back writable after a failover, listed before the
+/// new one, is passed over for the next host instead of being retried for ever.
+pub async fn connect_any_at_least(
+    ci: &ConnInfo,
+    application_name: &str,
+    expected_sysid: Option<&str>,
+    min_timeline: Option<TimeLineId>,
 ) -> Result<Connection, UpstreamError> {
     let want = ci.target_session_attrs;
     let mut failures = Vec::new();
@@ -40,7 +53,7 @@ pub async fn connect_any(
             }
         };
         let verdict = match check(&mut conn, want).await {
-            Ok(None) => check_system(&mut conn, expected_sysid).await,
+            Ok(None) => check_system(&mut conn, expected_sysid, min_timeline).await,
             other => other.map(|r| r.map(String::from)),
         };
         match verdict {
@@ -77,19 +90,38 @@ pub async fn connect_any(
 async fn check_system(
     conn: &mut Connection,
     expected: Option<&str>,
+    min_timeline: Option<TimeLineId>,
 ) -> Result<Option<String>, UpstreamError> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let row = rows.first();
+    let timeline = row
+        .and_then(|r| r.get(1))
+        .cloned()
+        .flatten()
+        .and_then(|t| t.parse::<TimeLineId>().ok());
     let Some(expected) = expected else {
         return Ok(None);
     };
-    let got = rows
-        .first()
+    let got = row
         .and_then(|r| r.first())
         .cloned()
         .flatten()
         .unwrap_or_default();
     if got == expected {
-        return Ok(None);
+        return Ok(match (timeline, min_timeline) {
+            (Some(t), Some(min)) if t < min => {
+                tracing::warn!(
+                    host = %conn.host(),
+                    timeline = t,
+                    relay_timeline = min,
+                    "passing over upstream server: it is on an older timeline than the relay (an old primary after a failover?)"
+                );
+                Some(format!(
+                    "server is on timeline {t}, behind the relay's timeline {min}"
+                ))
+            }
+            _ => None,
+        });
     }
     tracing::error!(
         host = %conn.host(),

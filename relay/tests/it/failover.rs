@@ -598,6 +598,50 @@ fn relay_killed_during_failover_converges() {
     relay.assert_running();
 }
 
+/// An old primary that comes back writable after a failover (not yet rewound or made a
+/// standby), listed first in the relay's conninfo, is passed over: a relay already on the new
+/// timeline connects to the next host, the new primary, instead of retrying the old one for
+/// ever ("upstream is on timeline 1, behind the relay's timeline 2" at every reconnect).
+#[test]
+fn old_primary_back_writable_is_passed_over() {
+    let Topology {
+        mut primary,
+        candidates: [mut ha],
+        relays: [mut relay],
+        standbys: [standby1],
+        ..
+    } = Topology::primary_relay_standby()
+        .candidates(["ha"])
+        .on_candidates(PgCluster::pin_wal)
+        .rows(1..=500)
+        .start();
+
+    primary.stop();
+    ha.promote();
+    workload::insert_rows(&ha, 501..=1000);
+    wait_upstream(&relay, ha.port(), 2);
+    workload::wait_rows(&ha, &standby1);
+
+    // The old primary is back as it was, writable on timeline 1, and the relay reconnects
+    // (restarted here; a lost connection to the new primary takes the same path).
+    primary.start();
+    let status = relay.stop();
+    assert!(status.success(), "relay exited {status}");
+    relay.restart();
+    relay.wait_ready();
+    wait_upstream(&relay, ha.port(), 2);
+    workload::insert_rows(&ha, 1001..=1500);
+    workload::wait_rows(&ha, &standby1);
+    wait_received_tli(&standby1, 2);
+    let log = relay.log();
+    assert!(
+        log.contains("passing over upstream server: it is on an older timeline than the relay"),
+        "{log}"
+    );
+    assert_relay_not_diverged(&relay);
+    relay.assert_running();
+}
+
 /// pg_receivewal lost its connection when the relay was killed; looping as operators run it,
 /// it reconnected and is on timeline 2 with the new primary's history file.
 fn assert_receivewal_followed_after_reconnect(receiver: &ReceiveWal, new_primary: &PgCluster) {
