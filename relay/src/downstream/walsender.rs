@@ -38,7 +38,7 @@ use crate::proto::frontend::{parse_frontend, FrontendMessage};
 use crate::proto::replication::{
     encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
-use crate::store::reader::{ReadError, WalReader};
+use crate::store::reader::ReadError;
 use crate::store::servable::{Historic, Servable};
 use crate::upstream::backfill::BackfillError;
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
@@ -147,20 +147,16 @@ pub async fn start_replication(
         );
         return Ok(conn.send_error(&e).await?);
     }
-    let mut reader = Some(WalReader::new(ctx.store.clone()));
-    let seg_size = reader
-        .as_ref()
-        .map(|r| r.seg_size())
-        .unwrap_or(crate::wal::segment::DEFAULT_SEG_SIZE);
+    let seg_size = ctx.store.seg_size();
     // At the durable end the next segment may not exist yet: the stream just waits for it.
     let available_end = historic.map(|h| h.switchpoint).unwrap_or(durable.lsn);
-    if let Some(r) = reader.as_mut().filter(|_| start < available_end) {
+    if start < available_end {
         let ftli = file_tli(tli, historic, start, seg_size);
-        if let Err(e) = r.check_segment(ftli, start) {
+        if let Err(e) = ctx.store.check_segment(ftli, start) {
             // WAL older than the store's oldest segment: the upstream may still have it.
             let e = match e {
                 ReadError::SegmentMissing(_) if backfill(ctx, ftli, start, seg_size).await => {
-                    r.check_segment(ftli, start).err()
+                    ctx.store.check_segment(ftli, start).err()
                 }
                 e => Some(e),
             };
@@ -206,7 +202,6 @@ pub async fn start_replication(
         historic,
         sent: start,
         seg_size,
-        reader: reader.take(),
         ev_rx,
         heard,
         timeout,
@@ -236,7 +231,6 @@ struct Sender {
     historic: Option<Historic>,
     sent: Lsn,
     seg_size: u64,
-    reader: Option<WalReader>,
     ev_rx: mpsc::Receiver<ClientEvent>,
     heard: Arc<Heard>,
     /// `wal_sender_timeout`; `None` is off.
@@ -552,30 +546,14 @@ impl Sender {
         Ok(())
     }
 
-    /// Reads from the in-memory tail directly (the one place it is looked up), from the segment
-    /// files on a blocking thread.
+    /// Reads from the in-memory tail directly (the one place it is looked up), else from the
+    /// store's shared segment cache (which goes to a blocking thread only on a miss).
     async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
         let max = (end.0 - lsn.0) as usize;
         if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
             return Ok(b);
         }
-        let Some(mut reader) = self.reader.take() else {
-            return Err(ReadError::Io {
-                name: String::new(),
-                source: std::io::Error::other("reader lost"),
-            });
-        };
-        let (reader, r) = tokio::task::spawn_blocking(move || {
-            let r = reader.read_file(tli, lsn, end, max);
-            (reader, r)
-        })
-        .await
-        .map_err(|e| ReadError::Io {
-            name: String::new(),
-            source: std::io::Error::other(e),
-        })?;
-        self.reader = Some(reader);
-        r
+        self.ctx.store.read_wal(tli, lsn, end, max).await
     }
 
     async fn keepalive(

@@ -8,7 +8,9 @@
 //!   and the fault-injection seam;
 //! - [`catalog`]: what the files in `wal/` are (listed and classified once);
 //! - [`writer`] (the one writer thread), [`backfill`] (older segments added below the
-//!   oldest), [`reader`] (walsenders' reads), [`tail`] (recent WAL in memory),
+//!   oldest), [`reader`] (walsenders' reads: errors, the first segment's check), [`cache`]
+//!   (the shared, validated segment cache every walsender reads through), [`tail`] (recent
+//!   WAL in memory),
 //!   [`record_ends`] (where records end), [`histories`] (history files);
 //! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
 //!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`], [`usage`] (what
@@ -29,9 +31,13 @@
 //!   in one place, [`servable`], and published on its own watch ([`Store::subscribe_servable`]).
 //! - Every segment file is whole from its first byte: streaming into a new segment file starts
 //!   at the segment's start.
+//! - Whatever changes a segment file in place or removes one (diverged WAL moved aside,
+//!   retention, backfill's renames) drops what the segment cache holds of it, before and after
+//!   ([`Store::invalidate_segments`]); recovery at open runs before the cache exists.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
 pub mod backfill;
+pub mod cache;
 pub mod catalog;
 mod diverged;
 pub mod fs;
@@ -118,6 +124,8 @@ pub struct Store {
     tail: Mutex<Tail>,
     record_ends: RecordEnds,
     slots: Arc<Slots>,
+    /// Stored WAL read once for all walsenders ([`cache`]).
+    cache: cache::SegmentCache,
     _lock: std::fs::File,
 }
 
@@ -181,6 +189,7 @@ impl Store {
             tail: Mutex::new(Tail::default()),
             record_ends: RecordEnds::default(),
             slots,
+            cache: cache::SegmentCache::default(),
             _lock: lock,
         }))
     }
@@ -269,14 +278,21 @@ impl Store {
         let Some(id) = self.identity() else {
             return Ok(0);
         };
-        diverged::move_aside(
+        // The segment holding `at` is zeroed from it on and every later one moved away: no
+        // cached byte of them may be served after this (before: a load under way starts
+        // again; after: nothing read during the move stays).
+        let from = at.segment(id.seg_size);
+        self.invalidate_segments(Some(tli), from, u64::MAX);
+        let r = diverged::move_aside(
             &self.data_dir,
             &self.wal_dir,
             id.seg_size,
             self.durable(),
             tli,
             at,
-        )
+        );
+        self.invalidate_segments(Some(tli), from, u64::MAX);
+        r
     }
 
     pub(crate) fn publish_durable(&self, d: Durable) {
