@@ -36,7 +36,7 @@ use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{parse_frontend, FrontendMessage};
 use crate::proto::replication::{
-    encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
+    encode_xlog_data_header, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
 use crate::store::reader::ReadError;
 use crate::store::servable::{Historic, Servable};
@@ -455,7 +455,7 @@ impl Sender {
     /// [`Sender::after_write`].
     async fn flush(&mut self, conn: &mut Conn) -> Result<(), SessionEnd> {
         let mut progress_at = Instant::now();
-        let mut left = conn.out().len();
+        let mut left = conn.pending();
         loop {
             let deadline = self
                 .timeout
@@ -477,7 +477,7 @@ impl Sender {
             }
             let Some(t) = self.timeout else { continue };
             let now = Instant::now();
-            let remaining = conn.out().len();
+            let remaining = conn.pending();
             if remaining < left {
                 left = remaining;
                 progress_at = now;
@@ -532,9 +532,12 @@ impl Sender {
                 "could not read WAL",
             )));
         }
-        encode_xlog_data_frame(conn.out(), self.sent, end, &data);
-        self.flush(conn).await?;
+        // The header into the out buffer, the payload sent from where it is (the tail's or the
+        // segment cache's memory), in one vectored write.
         let n = data.len() as u64;
+        encode_xlog_data_header(conn.out(), self.sent, end, data.len());
+        conn.queue(data);
+        self.flush(conn).await?;
         self.sent = Lsn(self.sent.0 + n);
         let (sent, at) = (self.sent, self.durable_at);
         self.guard.update(|d| {
