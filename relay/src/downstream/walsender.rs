@@ -202,6 +202,7 @@ pub async fn start_replication(
         historic,
         sent: start,
         seg_size,
+        pieces: Vec::new(),
         ev_rx,
         heard,
         timeout,
@@ -231,6 +232,8 @@ struct Sender {
     historic: Option<Historic>,
     sent: Lsn,
     seg_size: u64,
+    /// The pieces of the message being sent (kept for its allocation).
+    pieces: Vec<Bytes>,
     ev_rx: mpsc::Receiver<ClientEvent>,
     heard: Arc<Heard>,
     /// `wal_sender_timeout`; `None` is off.
@@ -522,11 +525,13 @@ impl Sender {
             }
         }
         let ftli = file_tli(self.tli, self.historic, self.sent, self.seg_size);
-        let data = self
-            .read(ftli, self.sent, chunk_end)
+        let mut pieces = std::mem::take(&mut self.pieces);
+        pieces.clear();
+        let n = self
+            .read(ftli, self.sent, chunk_end, &mut pieces)
             .await
             .map_err(|e| SessionEnd::Fatal(read_error(e)))?;
-        if data.is_empty() {
+        if n == 0 {
             return Err(SessionEnd::Fatal(PgError::error(
                 sqlstate::INTERNAL_ERROR,
                 "could not read WAL",
@@ -534,9 +539,12 @@ impl Sender {
         }
         // The header into the out buffer, the payload sent from where it is (the tail's or the
         // segment cache's memory), in one vectored write.
-        let n = data.len() as u64;
-        encode_xlog_data_header(conn.out(), self.sent, end, data.len());
-        conn.queue(data);
+        encode_xlog_data_header(conn.out(), self.sent, end, n);
+        for p in pieces.drain(..) {
+            conn.queue(p);
+        }
+        self.pieces = pieces;
+        let n = n as u64;
         self.flush(conn).await?;
         self.sent = Lsn(self.sent.0 + n);
         let (sent, at) = (self.sent, self.durable_at);
@@ -549,14 +557,27 @@ impl Sender {
         Ok(())
     }
 
-    /// Reads from the in-memory tail directly (the one place it is looked up), else from the
-    /// store's shared segment cache (which goes to a blocking thread only on a miss).
-    async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
+    /// Reads from the in-memory tail directly (the one place it is looked up; as many of its
+    /// pieces as fit), else from the store's shared segment cache (which goes to a blocking
+    /// thread only on a miss). Appends to `pieces`; returns the bytes read.
+    async fn read(
+        &mut self,
+        tli: TimeLineId,
+        lsn: Lsn,
+        end: Lsn,
+        pieces: &mut Vec<Bytes>,
+    ) -> Result<usize, ReadError> {
         let max = (end.0 - lsn.0) as usize;
-        if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
-            return Ok(b);
+        let n = self.ctx.store.tail_read_pieces(tli, lsn, max, pieces);
+        if n > 0 {
+            return Ok(n);
         }
-        self.ctx.store.read_wal(tli, lsn, end, max).await
+        let b = self.ctx.store.read_wal(tli, lsn, end, max).await?;
+        let n = b.len();
+        if n > 0 {
+            pieces.push(b);
+        }
+        Ok(n)
     }
 
     async fn keepalive(

@@ -345,4 +345,30 @@ impl Store {
     pub fn tail_read(&self, tli: TimeLineId, lsn: Lsn, max: usize) -> Option<Bytes> {
         self.tail.lock().ok().and_then(|t| t.read(tli, lsn, max))
     }
+
+    /// Up to `max` contiguous bytes of recent WAL from `lsn`, as the tail's own pieces (no
+    /// copy), appended to `pieces`, under one lock: one message can carry what several
+    /// upstream messages brought. Returns the bytes appended (0 when the tail lacks `lsn`).
+    pub fn tail_read_pieces(
+        &self,
+        tli: TimeLineId,
+        lsn: Lsn,
+        max: usize,
+        pieces: &mut Vec<Bytes>,
+    ) -> usize {
+        let Ok(t) = self.tail.lock() else {
+            return 0;
+        };
+        let mut got = 0;
+        while got < max {
+            match t.read(tli, Lsn(lsn.0 + got as u64), max - got) {
+                Some(b) if !b.is_empty() => {
+                    got += b.len();
+                    pieces.push(b);
+                }
+                _ => break,
+            }
+        }
+        got
+    }
 }
