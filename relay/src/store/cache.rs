@@ -461,6 +461,7 @@ fn read_at(file: &File, from: Lsn, to: Lsn, seg_size: u64, name: &str) -> Result
     }
     // The allocator may have given more room than asked: nothing past `to` is kept.
     buf.truncate(len);
+    metrics::counter!("walrelay_wal_cache_read_bytes_total").increment(len as u64);
     Ok(Bytes::from(buf))
 }
 

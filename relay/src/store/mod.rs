@@ -372,3 +372,28 @@ impl Store {
         got
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_pieces_are_contiguous_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.tail_push(1, Lsn(100), Bytes::from_static(b"abcd"));
+        store.tail_push(1, Lsn(104), Bytes::from_static(b"efgh"));
+        store.tail_push(1, Lsn(108), Bytes::from_static(b"ijkl"));
+        let mut pieces = Vec::new();
+        assert_eq!(store.tail_read_pieces(1, Lsn(102), 8, &mut pieces), 8);
+        assert_eq!(pieces, [&b"cd"[..], &b"efgh"[..], &b"ij"[..]]);
+        pieces.clear();
+        // To the tail's end, and nothing for what it does not hold.
+        assert_eq!(store.tail_read_pieces(1, Lsn(106), 100, &mut pieces), 6);
+        assert_eq!(pieces.concat(), b"ghijkl");
+        pieces.clear();
+        assert_eq!(store.tail_read_pieces(1, Lsn(112), 100, &mut pieces), 0);
+        assert_eq!(store.tail_read_pieces(2, Lsn(104), 100, &mut pieces), 0);
+        assert!(pieces.is_empty());
+    }
+}
