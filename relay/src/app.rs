@@ -240,6 +240,11 @@ fn describe_metrics() {
         "Walsender reads that found stored WAL damaged on disk and stopped before it."
     );
     metrics::describe_counter!(
+        "walrelay_wal_cache_read_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of stored WAL read from segment files into the shared segment cache (walsenders behind the in-memory tail share them)."
+    );
+    metrics::describe_counter!(
         "walrelay_recovery_torn_bytes_total",
         metrics::Unit::Bytes,
         "Bytes after the last valid record of the segment being written, set aside at start."
@@ -255,6 +260,7 @@ fn describe_metrics() {
         "walrelay_downstream_divergences_total",
         "walrelay_wal_invalid_total",
         "walrelay_wal_damaged_reads_total",
+        "walrelay_wal_cache_read_bytes_total",
         "walrelay_recovery_torn_bytes_total",
         "walrelay_downstream_timeouts_total",
     ] {

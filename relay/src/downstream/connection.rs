@@ -4,10 +4,10 @@
 //! whole [`Framed`] (plain, or TLS after an SSLRequest or direct TLS) and then becomes a
 //! [`Conn`] ([`Conn::from_framed`]): nothing above it sees the socket.
 //!
-//! Invariant: what is encoded into [`Conn::out`] goes to the client only through
-//! [`Conn::flush`], whole and in order.
+//! Invariant: what is encoded into [`Conn::out`] or queued ([`Conn::queue`]) goes to the
+//! client only through [`Conn::flush`], whole and in the order it was encoded.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::error::SessionEnd;
 use crate::proto::backend;
@@ -52,6 +52,17 @@ impl Conn {
     /// The output buffer, for encoders; [`Conn::flush`] sends it.
     pub fn out(&mut self) -> &mut BytesMut {
         &mut self.wr.out
+    }
+
+    /// Queues `payload` after what is encoded so far, sent from where it is (no copy) on a
+    /// plain connection; a TLS connection copies it into its records anyway.
+    pub fn queue(&mut self, payload: Bytes) {
+        self.wr.queue(payload);
+    }
+
+    /// Bytes encoded or queued and not sent yet.
+    pub fn pending(&self) -> usize {
+        self.wr.pending()
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {

@@ -36,9 +36,9 @@ use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{parse_frontend, FrontendMessage};
 use crate::proto::replication::{
-    encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
+    encode_xlog_data_header, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
-use crate::store::reader::{ReadError, WalReader};
+use crate::store::reader::ReadError;
 use crate::store::servable::{Historic, Servable};
 use crate::upstream::backfill::BackfillError;
 use crate::wal::{Lsn, TimeLineId, WAL_PAGE_SIZE};
@@ -147,20 +147,16 @@ pub async fn start_replication(
         );
         return Ok(conn.send_error(&e).await?);
     }
-    let mut reader = Some(WalReader::new(ctx.store.clone()));
-    let seg_size = reader
-        .as_ref()
-        .map(|r| r.seg_size())
-        .unwrap_or(crate::wal::segment::DEFAULT_SEG_SIZE);
+    let seg_size = ctx.store.seg_size();
     // At the durable end the next segment may not exist yet: the stream just waits for it.
     let available_end = historic.map(|h| h.switchpoint).unwrap_or(durable.lsn);
-    if let Some(r) = reader.as_mut().filter(|_| start < available_end) {
+    if start < available_end {
         let ftli = file_tli(tli, historic, start, seg_size);
-        if let Err(e) = r.check_segment(ftli, start) {
+        if let Err(e) = ctx.store.check_segment(ftli, start) {
             // WAL older than the store's oldest segment: the upstream may still have it.
             let e = match e {
                 ReadError::SegmentMissing(_) if backfill(ctx, ftli, start, seg_size).await => {
-                    r.check_segment(ftli, start).err()
+                    ctx.store.check_segment(ftli, start).err()
                 }
                 e => Some(e),
             };
@@ -206,7 +202,7 @@ pub async fn start_replication(
         historic,
         sent: start,
         seg_size,
-        reader: reader.take(),
+        pieces: Vec::new(),
         ev_rx,
         heard,
         timeout,
@@ -236,7 +232,8 @@ struct Sender {
     historic: Option<Historic>,
     sent: Lsn,
     seg_size: u64,
-    reader: Option<WalReader>,
+    /// The pieces of the message being sent (kept for its allocation).
+    pieces: Vec<Bytes>,
     ev_rx: mpsc::Receiver<ClientEvent>,
     heard: Arc<Heard>,
     /// `wal_sender_timeout`; `None` is off.
@@ -461,7 +458,7 @@ impl Sender {
     /// [`Sender::after_write`].
     async fn flush(&mut self, conn: &mut Conn) -> Result<(), SessionEnd> {
         let mut progress_at = Instant::now();
-        let mut left = conn.out().len();
+        let mut left = conn.pending();
         loop {
             let deadline = self
                 .timeout
@@ -483,7 +480,7 @@ impl Sender {
             }
             let Some(t) = self.timeout else { continue };
             let now = Instant::now();
-            let remaining = conn.out().len();
+            let remaining = conn.pending();
             if remaining < left {
                 left = remaining;
                 progress_at = now;
@@ -528,19 +525,27 @@ impl Sender {
             }
         }
         let ftli = file_tli(self.tli, self.historic, self.sent, self.seg_size);
-        let data = self
-            .read(ftli, self.sent, chunk_end)
+        let mut pieces = std::mem::take(&mut self.pieces);
+        pieces.clear();
+        let n = self
+            .read(ftli, self.sent, chunk_end, &mut pieces)
             .await
             .map_err(|e| SessionEnd::Fatal(read_error(e)))?;
-        if data.is_empty() {
+        if n == 0 {
             return Err(SessionEnd::Fatal(PgError::error(
                 sqlstate::INTERNAL_ERROR,
                 "could not read WAL",
             )));
         }
-        encode_xlog_data_frame(conn.out(), self.sent, end, &data);
+        // The header into the out buffer, the payload sent from where it is (the tail's or the
+        // segment cache's memory), in one vectored write.
+        encode_xlog_data_header(conn.out(), self.sent, end, n);
+        for p in pieces.drain(..) {
+            conn.queue(p);
+        }
+        self.pieces = pieces;
+        let n = n as u64;
         self.flush(conn).await?;
-        let n = data.len() as u64;
         self.sent = Lsn(self.sent.0 + n);
         let (sent, at) = (self.sent, self.durable_at);
         self.guard.update(|d| {
@@ -552,30 +557,27 @@ impl Sender {
         Ok(())
     }
 
-    /// Reads from the in-memory tail directly (the one place it is looked up), from the segment
-    /// files on a blocking thread.
-    async fn read(&mut self, tli: TimeLineId, lsn: Lsn, end: Lsn) -> Result<Bytes, ReadError> {
+    /// Reads from the in-memory tail directly (the one place it is looked up; as many of its
+    /// pieces as fit), else from the store's shared segment cache (which goes to a blocking
+    /// thread only on a miss). Appends to `pieces`; returns the bytes read.
+    async fn read(
+        &mut self,
+        tli: TimeLineId,
+        lsn: Lsn,
+        end: Lsn,
+        pieces: &mut Vec<Bytes>,
+    ) -> Result<usize, ReadError> {
         let max = (end.0 - lsn.0) as usize;
-        if let Some(b) = self.ctx.store.tail_read(tli, lsn, max) {
-            return Ok(b);
+        let n = self.ctx.store.tail_read_pieces(tli, lsn, max, pieces);
+        if n > 0 {
+            return Ok(n);
         }
-        let Some(mut reader) = self.reader.take() else {
-            return Err(ReadError::Io {
-                name: String::new(),
-                source: std::io::Error::other("reader lost"),
-            });
-        };
-        let (reader, r) = tokio::task::spawn_blocking(move || {
-            let r = reader.read_file(tli, lsn, end, max);
-            (reader, r)
-        })
-        .await
-        .map_err(|e| ReadError::Io {
-            name: String::new(),
-            source: std::io::Error::other(e),
-        })?;
-        self.reader = Some(reader);
-        r
+        let b = self.ctx.store.read_wal(tli, lsn, end, max).await?;
+        let n = b.len();
+        if n > 0 {
+            pieces.push(b);
+        }
+        Ok(n)
     }
 
     async fn keepalive(

@@ -171,6 +171,9 @@ impl Staging {
                 self.staged = staged.get(..i).map(<[_]>::to_vec).unwrap_or_default();
                 return Err(io_error(&name)(e));
             }
+            // A segment that was missing is there now: nothing the cache held of it (a
+            // failed look-up keeps nothing, but be sure) may stand for the new file.
+            store.invalidate_segments(Some(seg.tli), seg.segno, seg.segno);
         }
         Ok(staged.len())
     }

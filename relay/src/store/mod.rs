@@ -8,7 +8,9 @@
 //!   and the fault-injection seam;
 //! - [`catalog`]: what the files in `wal/` are (listed and classified once);
 //! - [`writer`] (the one writer thread), [`backfill`] (older segments added below the
-//!   oldest), [`reader`] (walsenders' reads), [`tail`] (recent WAL in memory),
+//!   oldest), [`reader`] (walsenders' reads: errors, the first segment's check), [`cache`]
+//!   (the shared, validated segment cache every walsender reads through), [`tail`] (recent
+//!   WAL in memory),
 //!   [`record_ends`] (where records end), [`histories`] (history files);
 //! - `recover` (the `.partial` scan at open), `diverged` (WAL past a fork moved aside),
 //!   [`retention`] (which segments go), [`state`] (`relay.state`), [`slots`], [`usage`] (what
@@ -29,9 +31,13 @@
 //!   in one place, [`servable`], and published on its own watch ([`Store::subscribe_servable`]).
 //! - Every segment file is whole from its first byte: streaming into a new segment file starts
 //!   at the segment's start.
+//! - Whatever changes a segment file in place or removes one (diverged WAL moved aside,
+//!   retention, backfill's renames) drops what the segment cache holds of it, before and after
+//!   ([`Store::invalidate_segments`]); recovery at open runs before the cache exists.
 //! - One relay per data directory (an exclusive lock on `<data-dir>/walrelay.lock`).
 
 pub mod backfill;
+pub mod cache;
 pub mod catalog;
 mod diverged;
 pub mod fs;
@@ -120,6 +126,8 @@ pub struct Store {
     tail: Mutex<Tail>,
     record_ends: RecordEnds,
     slots: Arc<Slots>,
+    /// Stored WAL read once for all walsenders ([`cache`]).
+    cache: cache::SegmentCache,
     _lock: std::fs::File,
 }
 
@@ -183,6 +191,7 @@ impl Store {
             tail: Mutex::new(Tail::default()),
             record_ends: RecordEnds::default(),
             slots,
+            cache: cache::SegmentCache::default(),
             _lock: lock,
         }))
     }
@@ -271,14 +280,21 @@ impl Store {
         let Some(id) = self.identity() else {
             return Ok(0);
         };
-        diverged::move_aside(
+        // The segment holding `at` is zeroed from it on and every later one moved away: no
+        // cached byte of them may be served after this (before: a load under way starts
+        // again; after: nothing read during the move stays).
+        let from = at.segment(id.seg_size);
+        self.invalidate_segments(Some(tli), from, u64::MAX);
+        let r = diverged::move_aside(
             &self.data_dir,
             &self.wal_dir,
             id.seg_size,
             self.durable(),
             tli,
             at,
-        )
+        );
+        self.invalidate_segments(Some(tli), from, u64::MAX);
+        r
     }
 
     pub(crate) fn publish_durable(&self, d: Durable) {
@@ -330,5 +346,56 @@ impl Store {
     /// Recent WAL from memory, if still there.
     pub fn tail_read(&self, tli: TimeLineId, lsn: Lsn, max: usize) -> Option<Bytes> {
         self.tail.lock().ok().and_then(|t| t.read(tli, lsn, max))
+    }
+
+    /// Up to `max` contiguous bytes of recent WAL from `lsn`, as the tail's own pieces (no
+    /// copy), appended to `pieces`, under one lock: one message can carry what several
+    /// upstream messages brought. Returns the bytes appended (0 when the tail lacks `lsn`).
+    pub fn tail_read_pieces(
+        &self,
+        tli: TimeLineId,
+        lsn: Lsn,
+        max: usize,
+        pieces: &mut Vec<Bytes>,
+    ) -> usize {
+        let Ok(t) = self.tail.lock() else {
+            return 0;
+        };
+        let mut got = 0;
+        while got < max {
+            match t.read(tli, Lsn(lsn.0 + got as u64), max - got) {
+                Some(b) if !b.is_empty() => {
+                    got += b.len();
+                    pieces.push(b);
+                }
+                _ => break,
+            }
+        }
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_pieces_are_contiguous_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.tail_push(1, Lsn(100), Bytes::from_static(b"abcd"));
+        store.tail_push(1, Lsn(104), Bytes::from_static(b"efgh"));
+        store.tail_push(1, Lsn(108), Bytes::from_static(b"ijkl"));
+        let mut pieces = Vec::new();
+        assert_eq!(store.tail_read_pieces(1, Lsn(102), 8, &mut pieces), 8);
+        assert_eq!(pieces, [&b"cd"[..], &b"efgh"[..], &b"ij"[..]]);
+        pieces.clear();
+        // To the tail's end, and nothing for what it does not hold.
+        assert_eq!(store.tail_read_pieces(1, Lsn(106), 100, &mut pieces), 6);
+        assert_eq!(pieces.concat(), b"ghijkl");
+        pieces.clear();
+        assert_eq!(store.tail_read_pieces(1, Lsn(112), 100, &mut pieces), 0);
+        assert_eq!(store.tail_read_pieces(2, Lsn(104), 100, &mut pieces), 0);
+        assert!(pieces.is_empty());
     }
 }

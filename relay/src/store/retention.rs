@@ -73,6 +73,9 @@ pub fn apply(store: &Store, cfg: RetentionConfig) -> std::io::Result<usize> {
     let catalog = Catalog::read(store.wal_dir(), id.seg_size)?;
     for seg in catalog.segment_files().filter(|s| s.id.segno < keep_segno) {
         fs::remove_file(catalog.path(&seg.name))?;
+        // Gone from the store: a walsender asking for it now gets PostgreSQL's "already
+        // removed", not bytes kept in memory.
+        store.invalidate_segments(Some(seg.id.tli), seg.id.segno, seg.id.segno);
         tracing::debug!(segment = seg.name, "removed WAL segment");
         removed += 1;
     }
