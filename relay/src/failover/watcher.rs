@@ -499,16 +499,26 @@ impl FailoverWatcher {
         primary: &Primary,
         block: &Mutex<Option<CancelToken>>,
     ) -> anyhow::Result<BlockEnd> {
-        conn.send_simple_query(&block_sql(BLOCK_BOUND, BLOCK_IDLE_END))
-            .await?;
-        count_query();
+        // The token first: a shutdown while the query goes out still cancels it.
         set_block(block, conn.cancel_token());
+        if let Err(e) = conn
+            .send_simple_query(&block_sql(BLOCK_BOUND, BLOCK_IDLE_END))
+            .await
+        {
+            set_block(block, None);
+            return Err(e.into());
+        }
+        count_query();
         let deadline = Instant::now() + BLOCK_BOUND + BLOCK_SLACK;
         let mut last: Option<Vec<Row>> = None;
+        // One timer for the whole block: readings may arrive every millisecond, and the
+        // checks must still run.
+        let mut check = tokio::time::interval(UPSTREAM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             let ev = tokio::select! {
                 ev = conn.recv_query_event() => ev,
-                _ = tokio::time::sleep(UPSTREAM_CHECK) => {
+                _ = check.tick() => {
                     if primary.moved(&self.upstream) {
                         // The relay no longer needs this primary's readings: stop the block
                         // now rather than at its bound (the connection is closed next).
