@@ -390,7 +390,7 @@ impl FailoverWatcher {
             .await
         {
             Ok(_) => true,
-            Err(UpstreamError::Server(e)) => {
+            Err(UpstreamError::Server(e)) if !e.is_fatal() => {
                 self.push_refused(st, &format!("{e}"));
                 false
             }
@@ -401,7 +401,8 @@ impl FailoverWatcher {
                 .query(&mut conn, "SET client_connection_check_interval TO 1000")
                 .await
             {
-                Ok(_) | Err(UpstreamError::Server(_)) => {}
+                Ok(_) => {}
+                Err(UpstreamError::Server(e)) if !e.is_fatal() => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -567,7 +568,11 @@ impl FailoverWatcher {
                     debug!(error = %e, "the failover standbys' reading ended");
                     break BlockEnd::Ended;
                 }
-                Err(UpstreamError::Server(e)) => break BlockEnd::Refused(format!("{e}")),
+                // An ERROR: the block is refused (the connection is usable). A FATAL (the
+                // backend terminated) ends the session instead, below.
+                Err(UpstreamError::Server(e)) if !e.is_fatal() => {
+                    break BlockEnd::Refused(format!("{e}"))
+                }
                 Err(e) => {
                     set_block(block, None);
                     return Err(e.into());
