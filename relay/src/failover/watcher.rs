@@ -456,12 +456,12 @@ impl FailoverWatcher {
                     due = true;
                     continue;
                 }
-                // Polling (the block refused): as often as the readings release WAL, at most
-                // every FALLBACK_POLL_MIN; each reading that released nothing doubles the wait.
-                poll_every = if applied.released {
-                    FALLBACK_POLL_MIN
+                // The backoff counts only readings taken while WAL waited (the poll's own);
+                // the first one after new WAL waits the shortest.
+                poll_every = if waiting {
+                    next_poll(poll_every, applied.released)
                 } else {
-                    (poll_every * 2).min(FALLBACK_POLL_MAX)
+                    FALLBACK_POLL_MIN
                 };
                 continue;
             }
@@ -480,7 +480,6 @@ impl FailoverWatcher {
                         due = true;
                     } else if !push {
                         due = true;
-                        poll_every = FALLBACK_POLL_MIN;
                     }
                 }
                 // A reload: read again with the new set at once.
@@ -532,7 +531,8 @@ impl FailoverWatcher {
                         }
                     }
                     if Instant::now() > deadline {
-                        set_block(block, None);
+                        // Given up: it must not go on running either.
+                        self.cancel_block(block).await;
                         anyhow::bail!(
                             "the primary did not end the failover standbys' reading within {} s",
                             (BLOCK_BOUND + BLOCK_SLACK).as_secs()
@@ -828,6 +828,17 @@ struct Applied {
     released: bool,
 }
 
+/// Polling (the block refused): the wait before the next reading while WAL waits. As often as
+/// the readings release WAL, at most every [`FALLBACK_POLL_MIN`]; each reading that released
+/// nothing doubles the wait, up to [`FALLBACK_POLL_MAX`].
+fn next_poll(last: Duration, released: bool) -> Duration {
+    if released {
+        FALLBACK_POLL_MIN
+    } else {
+        (last * 2).clamp(FALLBACK_POLL_MIN, FALLBACK_POLL_MAX)
+    }
+}
+
 fn count_query() {
     metrics::counter!("walrelay_failover_queries_total").increment(1);
 }
@@ -1084,6 +1095,20 @@ mod tests {
             &n,
         );
         assert!(obs.is_empty() && unreadable.is_empty());
+    }
+
+    #[test]
+    fn polling_backs_off_while_readings_release_nothing() {
+        let mut w = FALLBACK_POLL_MIN;
+        let mut waits = vec![];
+        for _ in 0..6 {
+            w = next_poll(w, false);
+            waits.push(w.as_millis());
+        }
+        assert_eq!(waits, [40, 80, 160, 320, 320, 320]);
+        assert_eq!(next_poll(FALLBACK_POLL_MAX, true), FALLBACK_POLL_MIN);
+        // Never faster than 50 a second.
+        assert_eq!(next_poll(Duration::ZERO, false), FALLBACK_POLL_MIN);
     }
 
     #[test]
