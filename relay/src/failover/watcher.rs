@@ -413,6 +413,7 @@ impl FailoverWatcher {
         // The durable end when the last block ended (none yet on this connection).
         let mut block_end: Option<Lsn> = None;
         let mut poll_every = FALLBACK_POLL_MIN;
+        let mut last_read = Instant::now() - FALLBACK_POLL_MIN;
         loop {
             if primary.moved(&self.upstream) {
                 conn.terminate().await;
@@ -444,6 +445,15 @@ impl FailoverWatcher {
             }
             if due {
                 due = false;
+                if !push {
+                    // Polling: never two readings closer than FALLBACK_POLL_MIN, whatever
+                    // woke the watcher (new WAL comes far more often).
+                    let since = last_read.elapsed();
+                    if since < FALLBACK_POLL_MIN {
+                        tokio::time::sleep(FALLBACK_POLL_MIN - since).await;
+                    }
+                }
+                last_read = Instant::now();
                 let rows = self.query(&mut conn, QUERY).await?;
                 let rows: Vec<Row> = rows.iter().filter_map(|r| Row::from_columns(r)).collect();
                 let applied = self.apply(&rows, rule, tli, st).await;
