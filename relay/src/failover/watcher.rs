@@ -413,7 +413,7 @@ impl FailoverWatcher {
         // The durable end when the last block ended (none yet on this connection).
         let mut block_end: Option<Lsn> = None;
         let mut poll_every = FALLBACK_POLL_MIN;
-        let mut last_read = Instant::now() - FALLBACK_POLL_MIN;
+        let mut last_read: Option<Instant> = None;
         loop {
             if primary.moved(&self.upstream) {
                 conn.terminate().await;
@@ -448,12 +448,13 @@ impl FailoverWatcher {
                 if !push {
                     // Polling: never two readings closer than FALLBACK_POLL_MIN, whatever
                     // woke the watcher (new WAL comes far more often).
-                    let since = last_read.elapsed();
-                    if since < FALLBACK_POLL_MIN {
-                        tokio::time::sleep(FALLBACK_POLL_MIN - since).await;
+                    if let Some(gap) =
+                        last_read.and_then(|t| FALLBACK_POLL_MIN.checked_sub(t.elapsed()))
+                    {
+                        tokio::time::sleep(gap).await;
                     }
                 }
-                last_read = Instant::now();
+                last_read = Some(Instant::now());
                 let rows = self.query(&mut conn, QUERY).await?;
                 let rows: Vec<Row> = rows.iter().filter_map(|r| Row::from_columns(r)).collect();
                 let applied = self.apply(&rows, rule, tli, st).await;
