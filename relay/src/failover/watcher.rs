@@ -18,11 +18,12 @@
 //!   CancelRequest) when the relay stops or the upstream changes; the session sets
 //!   `client_connection_check_interval` so that a backend whose relay vanished ends within a
 //!   second (PostgreSQL 14+; before, at the block's bound).
-//! * **one-shot** queries ([`QUERY`]): the first reading of a session, one every
-//!   [`IDLE_POLL`] while nothing waits (to notice candidates coming and going), and, when the
-//!   primary refuses the block (no PL/pgSQL, an error), instead of it: logged once, then a
-//!   reading every [`FALLBACK_POLL_MIN`] while WAL waits and readings release some, each one
-//!   that releases nothing doubling the wait up to [`FALLBACK_POLL_MAX`].
+//! * **one-shot** queries ([`QUERY`]): one every [`IDLE_POLL`] while no block runs (to notice
+//!   candidates coming and going), at once after a reload, the first reading of a session when
+//!   nothing waits, and, when the primary refuses the block (no PL/pgSQL, an error), instead of
+//!   it: logged once, then never two readings within [`FALLBACK_POLL_MIN`], one every
+//!   [`FALLBACK_POLL_MIN`] while WAL waits and readings release some, each one that releases
+//!   nothing doubling the wait up to [`FALLBACK_POLL_MAX`].
 //!
 //! From its start until its first reading it holds at the floor: what was durable when the
 //! relay started, or lower, what `failover.json` says the candidates had confirmed (a
