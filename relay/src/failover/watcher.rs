@@ -169,6 +169,8 @@ impl FailoverWatcher {
         let first = names.borrow_and_update().clone();
         // No standbys field: the set can change (it is logged when it does).
         let span = tracing::info_span!("failover_watcher");
+        // Exported from the start (at zero), so that rate() sees the first statements.
+        metrics::counter!("walrelay_failover_queries_total").increment(0);
         async move {
             let persisted = match persist::load(self.store.data_dir()) {
                 Ok(p) => p,
