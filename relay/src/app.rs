@@ -224,6 +224,10 @@ fn describe_metrics() {
         "WAL bytes moved aside (to diverged/) because they lay past a fork point."
     );
     metrics::describe_counter!(
+        "walrelay_failover_queries_total",
+        "Statements the --failover-standby watcher sent to the primary (one pushing reading block counts once, however long it runs)."
+    );
+    metrics::describe_counter!(
         "walrelay_downstream_timeouts_total",
         "Walsenders ended by wal_sender_timeout (a replica not heard from, or not reading)."
     );

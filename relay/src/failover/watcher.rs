@@ -2,9 +2,28 @@
 //! serve limit in the store ([`Store::set_serve_limit`]), which derives the servable end from
 //! it.
 //!
-//! It polls only while WAL is waiting to be released (the durable end is past the limit), every
-//! [`POLL_INTERVAL`], so the added latency stays in single-digit milliseconds under load and an
-//! idle primary sees no queries beyond one every [`IDLE_POLL`].
+//! The positions come from the primary's `pg_stat_replication` and physical slots, through one
+//! normal SQL connection, read two ways:
+//!
+//! * **pushed** (the usual way, while WAL waits to be released: the durable end is past the
+//!   limit): one anonymous `DO` block ([`block_sql`], PL/pgSQL) that reads the same positions
+//!   every [`BLOCK_SLEEP`] inside the server and sends each reading that differs from the
+//!   last as a `NOTICE`, which PostgreSQL flushes to the client at once (elog.c's
+//!   `send_message_to_frontend` ends with `pq_flush`). So the watcher learns of a
+//!   candidate's confirmation within about a millisecond, while the primary runs one
+//!   statement per block. A block ends itself after [`BLOCK_BOUND`], or after
+//!   [`BLOCK_IDLE_END`] without a change; the next starts when WAL waits again and new WAL
+//!   became durable since. It commits every second (no snapshot, no xmin held longer), reads
+//!   the backends' table again when a walsender is not in it, and is cancelled (a
+//!   CancelRequest) when the relay stops or the upstream changes; the session sets
+//!   `client_connection_check_interval` so that a backend whose relay vanished ends within a
+//!   second (PostgreSQL 14+; before, at the block's bound).
+//! * **one-shot** queries ([`QUERY`]): one every [`IDLE_POLL`] while no block runs (to notice
+//!   candidates coming and going), at once after a reload, the first reading of a session when
+//!   nothing waits, and, when the primary refuses the block (no PL/pgSQL, an error), instead of
+//!   it: logged once, then never two readings within [`FALLBACK_POLL_MIN`], one every
+//!   [`FALLBACK_POLL_MIN`] while WAL waits and readings release some, each one that releases
+//!   nothing doubling the wait up to [`FALLBACK_POLL_MAX`].
 //!
 //! From its start until its first reading it holds at the floor: what was durable when the
 //! relay started, or lower, what `failover.json` says the candidates had confirmed (a
@@ -14,7 +33,8 @@
 //!
 //! The candidates' names come through a watch, so that a reload (SIGHUP) changes the set
 //! while the relay runs: the watcher takes the new set before each reading
-//! ([`HoldRule::set_names`]), and is woken by the change when it waits.
+//! ([`HoldRule::set_names`]), and is woken by the change when it waits; a running block reads
+//! every walsender and slot, so a new set applies to its last reading at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +43,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::persist::{self, Seen};
 use super::rule::{CandidateState, HoldRule, HoldState, MissingPolicy, Observed, Source};
@@ -31,24 +51,51 @@ use crate::config::conninfo::ConnInfo;
 use crate::store::servable::ServeLimit;
 use crate::store::Store;
 use crate::upstream::connection::{connect_kind, SessionKind};
-use crate::upstream::UpstreamState;
+use crate::upstream::{CancelToken, Connection, QueryEvent, Rows, UpstreamError, UpstreamState};
 use crate::wal::{Lsn, TimeLineId};
 
-/// Between readings while WAL waits for the candidates.
-const POLL_INTERVAL: Duration = Duration::from_millis(2);
-/// Between readings when nothing waits (to notice candidates coming and going).
+/// Between one-shot readings when nothing waits (to notice candidates coming and going).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// The longest a reading block runs on the primary (less when `statement_timeout` or
+/// `transaction_timeout` is shorter: half of it).
+const BLOCK_BOUND: Duration = Duration::from_secs(10);
+/// A block ends when its reading has not changed for this long (WAL has stopped, or a
+/// candidate is stuck): the next one starts with new durable WAL that waits.
+const BLOCK_IDLE_END: Duration = Duration::from_secs(1);
+/// The block's sleep between two readings (`pg_sleep`, millisecond resolution).
+const BLOCK_SLEEP: Duration = Duration::from_millis(1);
+/// Past its bound, how long the watcher waits for the block's end before giving the
+/// connection up.
+const BLOCK_SLACK: Duration = Duration::from_secs(5);
+/// How often the watcher checks, while a block runs, whether the upstream changed.
+const UPSTREAM_CHECK: Duration = Duration::from_millis(100);
+/// Bounds a cancel request (connect, send, the server's close).
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// Polling without the block: the shortest wait between readings while WAL waits (50 a
+/// second at most) ...
+const FALLBACK_POLL_MIN: Duration = Duration::from_millis(20);
+/// ... and the longest, reached by doubling after each reading that released nothing.
+const FALLBACK_POLL_MAX: Duration = Duration::from_millis(320);
+/// The message of the block's notices, before the reading's JSON.
+const NOTICE_PREFIX: &str = "walrelay failover reading ";
+/// SQLSTATE `query_canceled`: a cancel request, or `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
+/// `/status` `failover.reading`.
+const READING_PUSH: &str = "push";
+const READING_POLL: &str = "poll";
 /// Least time between two writes of `failover.json` while positions only move forward.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// Each walsender by `application_name` (kind `a`), and each physical slot with its position:
 /// the flush of the walsender using it, else its `restart_lsn` (kind `s`; `connected` says
-/// whether a walsender uses it). `flush_lsn` is NULL for walsender rows the role may not see
-/// in full (it needs `pg_read_all_stats`); a slot's `restart_lsn` is readable by anyone.
-const QUERY: &str = "SELECT 'a', application_name, flush_lsn, true \
+/// whether a walsender uses it); last, whether the row is visible in full. `flush_lsn` is NULL
+/// for walsender rows the role may not see in full (it needs `pg_read_all_stats`: then
+/// `state` is NULL too), and for a walsender still starting; a slot's `restart_lsn` is
+/// readable by anyone.
+const QUERY: &str = "SELECT 'a', application_name, flush_lsn, true, state IS NOT NULL \
                      FROM pg_catalog.pg_stat_replication \
                      UNION ALL \
                      SELECT 's', s.slot_name::text, coalesce(r.flush_lsn, s.restart_lsn), \
-                     r.pid IS NOT NULL \
+                     r.pid IS NOT NULL, true \
                      FROM pg_catalog.pg_replication_slots s \
                      LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid \
                      WHERE s.slot_type = 'physical'";
@@ -64,6 +111,10 @@ pub struct FailoverStatus {
     pub holding: bool,
     pub connected: bool,
     pub last_error: Option<String>,
+    /// How the positions are read now: `push` (a reading block on the primary sends each
+    /// change) or `poll` (one-shot queries: the primary refused the block); null before the
+    /// first reading.
+    pub reading: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +169,8 @@ impl FailoverWatcher {
         let first = names.borrow_and_update().clone();
         // No standbys field: the set can change (it is logged when it does).
         let span = tracing::info_span!("failover_watcher");
+        // Exported from the start (at zero), so that rate() sees the first statements.
+        metrics::counter!("walrelay_failover_queries_total").increment(0);
         async move {
             let persisted = match persist::load(self.store.data_dir()) {
                 Ok(p) => p,
@@ -174,15 +227,21 @@ impl FailoverWatcher {
                 persisted,
                 persisted_at: None,
                 sources: BTreeMap::new(),
+                push_refused: None,
             };
+            // The running block's cancel token, for the shutdown below.
+            let block = Mutex::new(None);
             loop {
                 if cancel.is_cancelled() {
                     return;
                 }
                 self.take_names(&mut names, &mut rule);
                 let r = tokio::select! {
-                    r = self.session(&mut rule, &mut names, &mut state) => r,
-                    _ = cancel.cancelled() => return,
+                    r = self.session(&mut rule, &mut names, &mut state, &block) => r,
+                    _ = cancel.cancelled() => {
+                        self.cancel_block(&block).await;
+                        return;
+                    }
                 };
                 if let Err(e) = r {
                     warn!("cannot read the failover standbys' positions from the primary: {e:#}");
@@ -238,10 +297,11 @@ impl FailoverWatcher {
     /// status at once (the kept ones as they were, the added ones not seen yet) rather than at
     /// the next reading, which waits for the primary. (Read every time, not only when the watch
     /// says so: the watcher's wait has marked the change seen.)
-    fn take_names(&self, names: &mut watch::Receiver<Vec<String>>, rule: &mut HoldRule) {
+    /// Returns whether the set changed.
+    fn take_names(&self, names: &mut watch::Receiver<Vec<String>>, rule: &mut HoldRule) -> bool {
         let new = names.borrow_and_update().clone();
         if new == rule.names() {
-            return;
+            return false;
         }
         info!(standbys = ?new, "failover standbys reloaded: now watching {}", new.join(", "));
         self.set_status(|s| {
@@ -260,6 +320,7 @@ impl FailoverWatcher {
         });
         rule.set_floor(self.store.servable().end().lsn);
         rule.set_names(new);
+        true
     }
 
     /// One SQL session to the primary the upstream streams from; ends when that changes.
@@ -268,6 +329,7 @@ impl FailoverWatcher {
         rule: &mut HoldRule,
         names: &mut watch::Receiver<Vec<String>>,
         st: &mut WatchState,
+        block: &Mutex<Option<CancelToken>>,
     ) -> anyhow::Result<()> {
         let up = self.upstream.get();
         let (Some(host), Some(port), Some(tli), true) =
@@ -318,118 +380,359 @@ impl FailoverWatcher {
             s.connected = true;
             s.last_error = None;
         });
-        let mut durable_rx = self.store.subscribe();
-        loop {
-            let up = self.upstream.get();
-            if (up.host.as_deref(), up.port, up.timeline)
-                != (Some(host.as_str()), Some(port), Some(tli))
+        let primary = Primary {
+            host: host.clone(),
+            port,
+            tli,
+        };
+        // The pushing source needs the notices to reach the relay whatever the role's
+        // `client_min_messages`, and the backend to notice a relay that is gone while its
+        // block sleeps (PostgreSQL 14+; older servers end the block at its bound).
+        let mut push = match self
+            .query(&mut conn, "SET client_min_messages TO notice")
+            .await
+        {
+            Ok(_) => true,
+            Err(UpstreamError::Server(e)) if !e.is_fatal() => {
+                self.push_refused(st, &format!("{e}"));
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if push {
+            match self
+                .query(&mut conn, "SET client_connection_check_interval TO 1000")
+                .await
             {
+                Ok(_) => {}
+                Err(UpstreamError::Server(e)) if !e.is_fatal() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.set_status(|s| s.reading = Some(if push { READING_PUSH } else { READING_POLL }));
+        let mut durable_rx = self.store.subscribe();
+        // A one-shot reading is due (the first one, the idle one, a reload, a poll).
+        let mut due = true;
+        // The durable end when the last block ended (none yet on this connection).
+        let mut block_end: Option<Lsn> = None;
+        let mut poll_every = FALLBACK_POLL_MIN;
+        let mut last_read: Option<Instant> = None;
+        loop {
+            if primary.moved(&self.upstream) {
                 conn.terminate().await;
                 return Ok(());
             }
-            self.take_names(names, rule);
-            let rows = conn.simple_query(QUERY).await?;
-            let mut obs: Vec<Observed> = Vec::new();
-            let mut null_flush: Vec<String> = Vec::new();
-            for r in rows {
-                let (Some(kind), Some(name)) =
-                    (r.first().cloned().flatten(), r.get(1).cloned().flatten())
-                else {
-                    continue;
-                };
-                let lsn = r
-                    .get(2)
-                    .cloned()
-                    .flatten()
-                    .and_then(|l| l.parse::<Lsn>().ok());
-                let connected = r.get(3).cloned().flatten().as_deref() == Some("t");
-                match lsn {
-                    Some(lsn) => obs.push(Observed {
-                        name,
-                        lsn,
-                        connected,
-                    }),
-                    None if kind == "a" && rule.names().contains(&name) => null_flush.push(name),
-                    None => {}
-                }
+            if self.take_names(names, rule) {
+                due = true;
             }
-            // A walsender row without its position is unreadable unless the candidate's slot
-            // gives it (a slot is readable by any role).
-            let unreadable: Vec<String> = null_flush
-                .into_iter()
-                .filter(|n| !obs.iter().any(|o| &o.name == n))
-                .collect();
-            if !unreadable.is_empty() {
-                // Position unknown: keep the current limit (never release WAL on a guess) and
-                // say why.
-                let why = format!(
-                    "cannot read the flush position of failover standby {} in pg_stat_replication: \
-                     the upstream role needs the pg_read_all_stats privilege",
-                    unreadable.join(", ")
-                );
-                let first = self
-                    .status
-                    .lock()
-                    .map(|s| s.last_error.as_deref() != Some(why.as_str()))
-                    .unwrap_or(true);
-                if first {
-                    warn!("{why}");
+            let durable = self.store.durable().lsn;
+            let waiting = self.waiting();
+            if push && waiting && block_end.is_none_or(|e| durable > e) {
+                match self
+                    .run_block(&mut conn, rule, names, st, &primary, block)
+                    .await?
+                {
+                    BlockEnd::Ended => {}
+                    BlockEnd::Refused(why) => {
+                        self.push_refused(st, &why);
+                        push = false;
+                        due = true;
+                    }
+                    BlockEnd::UpstreamMoved => {
+                        conn.terminate().await;
+                        return Ok(());
+                    }
                 }
-                self.set_status(|s| {
-                    s.last_error = Some(why);
-                    s.holding = true;
-                });
-                tokio::time::sleep(IDLE_POLL).await;
+                block_end = Some(self.store.durable().lsn);
                 continue;
             }
-            let (limit, states) = rule.observe(&obs);
-            let holding = states.iter().any(|(_, s)| s.state == HoldState::Missing);
-            let changed = self.log_transitions(&states, rule.holds_missing(), &mut st.sources);
-            self.persist(rule, tli, changed, st).await;
-            // Cut at a record end: a downstream never holds part of a record past what the
-            // candidates confirmed, so it can never be "ahead" of a promoted candidate's fork
-            // point (which is a record end) by a partial record either.
-            // (Everything durable is whole records already, so a limit at or past the durable
-            // end needs no cut; that also keeps a switch record's zero tail servable.)
-            let durable = self.store.durable();
-            let new = match limit {
-                Some(lsn) if durable.timeline == tli && lsn >= durable.lsn => {
-                    ServeLimit::UpTo { timeline: tli, lsn }
+            if due {
+                due = false;
+                if !push {
+                    // Polling: never two readings closer than FALLBACK_POLL_MIN, whatever
+                    // woke the watcher (new WAL comes far more often).
+                    if let Some(gap) =
+                        last_read.and_then(|t| FALLBACK_POLL_MIN.checked_sub(t.elapsed()))
+                    {
+                        tokio::time::sleep(gap).await;
+                    }
                 }
-                Some(lsn) => ServeLimit::UpTo {
-                    timeline: tli,
-                    lsn: self.store.record_end_at_or_before(tli, lsn).unwrap_or(lsn),
-                },
-                None => ServeLimit::Unlimited,
-            };
-            let was_holding = self.status.lock().map(|s| s.holding).unwrap_or(false);
-            if holding && !was_holding {
-                let missing: Vec<&str> = states
-                    .iter()
-                    .filter(|(_, s)| s.state == HoldState::Missing)
-                    .map(|(n, _)| n.as_str())
-                    .collect();
-                warn!(?missing, "failover standby missing from the primary: holding WAL at its last confirmed position");
-            } else if !holding && was_holding {
-                info!("failover standbys back: releasing WAL");
+                last_read = Some(Instant::now());
+                let rows = self.query(&mut conn, QUERY).await?;
+                let rows: Vec<Row> = rows.iter().filter_map(|r| Row::from_columns(r)).collect();
+                let applied = self.apply(&rows, rule, tli, st).await;
+                if applied.unreadable {
+                    // Position unknown: the limit stays; read again in a while.
+                    tokio::select! {
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        Ok(()) = names.changed() => {}
+                    }
+                    due = true;
+                    continue;
+                }
+                // The backoff counts only readings taken while WAL waited (the poll's own);
+                // the first one after new WAL waits the shortest.
+                poll_every = if waiting {
+                    next_poll(poll_every, applied.released)
+                } else {
+                    FALLBACK_POLL_MIN
+                };
+                continue;
             }
-            self.store.set_serve_limit(new);
-            self.set_status(|s| {
-                s.limit_lsn = limit;
-                s.holding = holding;
-                s.standbys = states
-                    .into_iter()
-                    .map(|(n, st)| CandidateJson::new(n, st))
-                    .collect();
-            });
-            let waiting = limit.is_some_and(|l| self.store.durable().lsn > l);
-            let wait = if waiting { POLL_INTERVAL } else { IDLE_POLL };
+            let wait = if !push && waiting {
+                poll_every
+            } else {
+                IDLE_POLL
+            };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = durable_rx.changed(), if !waiting => if r.is_err() { tokio::time::sleep(wait).await },
+                _ = tokio::time::sleep(wait) => due = true,
+                // New durable WAL: a block starts if it waits (push); a reading when nothing
+                // waited (poll: while WAL waits, the poll's own timer reads).
+                r = durable_rx.changed(), if push || !waiting => {
+                    if r.is_err() {
+                        tokio::time::sleep(wait).await;
+                        due = true;
+                    } else if !push {
+                        due = true;
+                    }
+                }
                 // A reload: read again with the new set at once.
                 Ok(()) = names.changed() => {}
             }
+        }
+    }
+
+    /// Runs one reading block on the primary ([`block_sql`]) until it ends, applying each
+    /// reading it pushes as it arrives.
+    async fn run_block(
+        &self,
+        conn: &mut Connection,
+        rule: &mut HoldRule,
+        names: &mut watch::Receiver<Vec<String>>,
+        st: &mut WatchState,
+        primary: &Primary,
+        block: &Mutex<Option<CancelToken>>,
+    ) -> anyhow::Result<BlockEnd> {
+        // The token first: a shutdown while the query goes out still cancels it.
+        set_block(block, conn.cancel_token());
+        if let Err(e) = conn
+            .send_simple_query(&block_sql(BLOCK_BOUND, BLOCK_IDLE_END))
+            .await
+        {
+            set_block(block, None);
+            return Err(e.into());
+        }
+        count_query();
+        let deadline = Instant::now() + BLOCK_BOUND + BLOCK_SLACK;
+        let mut last: Option<Vec<Row>> = None;
+        // One timer for the whole block: readings may arrive every millisecond, and the
+        // checks must still run.
+        let mut check = tokio::time::interval(UPSTREAM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            let ev = tokio::select! {
+                ev = conn.recv_query_event() => ev,
+                _ = check.tick() => {
+                    if primary.moved(&self.upstream) {
+                        // The relay no longer needs this primary's readings: stop the block
+                        // now rather than at its bound (the connection is closed next).
+                        self.cancel_block(block).await;
+                        break BlockEnd::UpstreamMoved;
+                    }
+                    if self.take_names(names, rule) {
+                        if let Some(rows) = &last {
+                            self.apply(rows, rule, primary.tli, st).await;
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        // Given up: it must not go on running either.
+                        self.cancel_block(block).await;
+                        anyhow::bail!(
+                            "the primary did not end the failover standbys' reading within {} s",
+                            (BLOCK_BOUND + BLOCK_SLACK).as_secs()
+                        );
+                    }
+                    continue;
+                }
+            };
+            match ev {
+                Ok(QueryEvent::Notice(n)) => {
+                    let Some(json) = n.message.strip_prefix(NOTICE_PREFIX) else {
+                        debug!(notice = %n, "notice from the primary");
+                        continue;
+                    };
+                    match parse_reading(json) {
+                        Ok(rows) => {
+                            self.apply(&rows, rule, primary.tli, st).await;
+                            last = Some(rows);
+                        }
+                        Err(e) => {
+                            // Not what the block sends: read no more of it.
+                            self.cancel_block(block).await;
+                            self.drain(conn).await?;
+                            break BlockEnd::Refused(format!("unreadable reading {json:?}: {e}"));
+                        }
+                    }
+                }
+                Ok(QueryEvent::Row(_)) => {}
+                Ok(QueryEvent::Done) => break BlockEnd::Ended,
+                // Cancelled after it read (a statement_timeout shorter than the bound allowed
+                // for, someone's pg_cancel_backend): the next block starts as usual.
+                Err(UpstreamError::Server(e)) if e.code == QUERY_CANCELED && last.is_some() => {
+                    debug!(error = %e, "the failover standbys' reading ended");
+                    break BlockEnd::Ended;
+                }
+                // An ERROR: the block is refused (the connection is usable). A FATAL (the
+                // backend terminated) ends the session instead, below.
+                Err(UpstreamError::Server(e)) if !e.is_fatal() => {
+                    break BlockEnd::Refused(format!("{e}"))
+                }
+                Err(e) => {
+                    set_block(block, None);
+                    return Err(e.into());
+                }
+            }
+        };
+        set_block(block, None);
+        Ok(end)
+    }
+
+    /// Reads the running block to its end (after a cancel).
+    async fn drain(&self, conn: &mut Connection) -> Result<(), UpstreamError> {
+        loop {
+            match tokio::time::timeout(CANCEL_WAIT, conn.recv_query_event()).await {
+                Ok(Ok(QueryEvent::Done)) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(UpstreamError::Server(_))) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(UpstreamError::Broken),
+            }
+        }
+    }
+
+    /// Cancels the running block, if any (also at shutdown: a block must not outlive the
+    /// relay's need of it).
+    async fn cancel_block(&self, block: &Mutex<Option<CancelToken>>) {
+        let token = block.lock().ok().and_then(|mut b| b.take());
+        if let Some(t) = token {
+            if let Err(e) = t.cancel(CANCEL_WAIT).await {
+                debug!(error = %e, "cannot cancel the failover standbys' reading on the primary");
+            }
+        }
+    }
+
+    /// Logs once (per reason) that the primary refused the reading block.
+    fn push_refused(&self, st: &mut WatchState, why: &str) {
+        if st.push_refused.as_deref() != Some(why) {
+            warn!(
+                "the primary refused the failover standbys' pushing reading ({why}): polling \
+                 instead, every {} ms at most while WAL waits",
+                FALLBACK_POLL_MIN.as_millis()
+            );
+            st.push_refused = Some(why.to_string());
+        }
+        self.set_status(|s| s.reading = Some(READING_POLL));
+    }
+
+    /// One statement on the watcher's connection, counted.
+    async fn query(&self, conn: &mut Connection, sql: &str) -> Result<Rows, UpstreamError> {
+        count_query();
+        conn.simple_query(sql).await
+    }
+
+    /// Whether durable WAL waits for the candidates (the durable end is past the limit).
+    fn waiting(&self) -> bool {
+        let limit = self.status.lock().map(|s| s.limit_lsn).unwrap_or(None);
+        limit.is_some_and(|l| self.store.durable().lsn > l)
+    }
+
+    /// Takes one reading of the primary into the rule, the serve limit, `failover.json` and
+    /// the status.
+    async fn apply(
+        &self,
+        rows: &[Row],
+        rule: &mut HoldRule,
+        tli: TimeLineId,
+        st: &mut WatchState,
+    ) -> Applied {
+        let (obs, unreadable) = interpret(rows, rule.names());
+        if !unreadable.is_empty() {
+            // Position unknown: keep the current limit (never release WAL on a guess) and
+            // say why.
+            let why = format!(
+                "cannot read the flush position of failover standby {} in pg_stat_replication: \
+                 the upstream role needs the pg_read_all_stats privilege",
+                unreadable.join(", ")
+            );
+            let first = self
+                .status
+                .lock()
+                .map(|s| s.last_error.as_deref() != Some(why.as_str()))
+                .unwrap_or(true);
+            if first {
+                warn!("{why}");
+            }
+            self.set_status(|s| {
+                s.last_error = Some(why);
+                s.holding = true;
+            });
+            return Applied {
+                unreadable: true,
+                released: false,
+            };
+        }
+        let (limit, states) = rule.observe(&obs);
+        let holding = states.iter().any(|(_, s)| s.state == HoldState::Missing);
+        let changed = self.log_transitions(&states, rule.holds_missing(), &mut st.sources);
+        self.persist(rule, tli, changed, st).await;
+        // Cut at a record end: a downstream never holds part of a record past what the
+        // candidates confirmed, so it can never be "ahead" of a promoted candidate's fork
+        // point (which is a record end) by a partial record either.
+        // (Everything durable is whole records already, so a limit at or past the durable
+        // end needs no cut; that also keeps a switch record's zero tail servable.)
+        let durable = self.store.durable();
+        let new = match limit {
+            Some(lsn) if durable.timeline == tli && lsn >= durable.lsn => {
+                ServeLimit::UpTo { timeline: tli, lsn }
+            }
+            Some(lsn) => ServeLimit::UpTo {
+                timeline: tli,
+                lsn: self.store.record_end_at_or_before(tli, lsn).unwrap_or(lsn),
+            },
+            None => ServeLimit::Unlimited,
+        };
+        let (was_holding, was_limit) = self
+            .status
+            .lock()
+            .map(|s| (s.holding, s.limit_lsn))
+            .unwrap_or((false, None));
+        if holding && !was_holding {
+            let missing: Vec<&str> = states
+                .iter()
+                .filter(|(_, s)| s.state == HoldState::Missing)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            warn!(?missing, "failover standby missing from the primary: holding WAL at its last confirmed position");
+        } else if !holding && was_holding {
+            info!("failover standbys back: releasing WAL");
+        }
+        self.store.set_serve_limit(new);
+        self.set_status(|s| {
+            s.limit_lsn = limit;
+            s.holding = holding;
+            s.standbys = states
+                .into_iter()
+                .map(|(n, st)| CandidateJson::new(n, st))
+                .collect();
+        });
+        let released = match (was_limit, limit) {
+            (Some(a), Some(b)) => b > a,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        Applied {
+            unreadable: false,
+            released,
         }
     }
 
@@ -499,4 +802,337 @@ struct WatchState {
     persisted_at: Option<Instant>,
     /// Each candidate's source at the last reading (for the log).
     sources: BTreeMap<String, Source>,
+    /// Why the primary last refused the reading block (logged once per reason).
+    push_refused: Option<String>,
+}
+
+/// The primary a session reads: the upstream as it was when the session began.
+struct Primary {
+    host: String,
+    port: u16,
+    tli: TimeLineId,
+}
+
+impl Primary {
+    /// Whether the upstream is no longer this primary (another host, another timeline).
+    fn moved(&self, upstream: &UpstreamState) -> bool {
+        let up = upstream.get();
+        (up.host.as_deref(), up.port, up.timeline)
+            != (Some(self.host.as_str()), Some(self.port), Some(self.tli))
+    }
+}
+
+/// How a reading block ended.
+#[derive(Debug)]
+enum BlockEnd {
+    /// At its bound, idle, or cancelled: the next one may start.
+    Ended,
+    /// The primary refused it (why): poll instead on this connection.
+    Refused(String),
+    /// The upstream changed; the block was cancelled.
+    UpstreamMoved,
+}
+
+/// What one reading did.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    /// A candidate's position could not be read (the role lacks `pg_read_all_stats`).
+    unreadable: bool,
+    /// The limit moved forward.
+    released: bool,
+}
+
+/// Polling (the block refused): the wait before the next reading while WAL waits. As often as
+/// the readings release WAL, at most every [`FALLBACK_POLL_MIN`]; each reading that released
+/// nothing doubles the wait, up to [`FALLBACK_POLL_MAX`].
+fn next_poll(last: Duration, released: bool) -> Duration {
+    if released {
+        FALLBACK_POLL_MIN
+    } else {
+        (last * 2).clamp(FALLBACK_POLL_MIN, FALLBACK_POLL_MAX)
+    }
+}
+
+fn count_query() {
+    metrics::counter!("walrelay_failover_queries_total").increment(1);
+}
+
+fn set_block(block: &Mutex<Option<CancelToken>>, token: Option<CancelToken>) {
+    if let Ok(mut b) = block.lock() {
+        *b = token;
+    }
+}
+
+/// Which kind of row of a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowKind {
+    /// A walsender, by its `application_name`.
+    Walsender,
+    /// A physical slot, by its name.
+    Slot,
+}
+
+/// One row of a reading, from [`QUERY`] or from a block's notice (the same columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    kind: RowKind,
+    name: String,
+    lsn: Option<Lsn>,
+    /// A walsender streams to it now.
+    connected: bool,
+    /// The role sees the row in full (false: a walsender row of another role without
+    /// `pg_read_all_stats`).
+    visible: bool,
+}
+
+impl Row {
+    /// From [`QUERY`]'s text columns; None for a row without a kind or a name.
+    fn from_columns(r: &[Option<String>]) -> Option<Row> {
+        let col = |i: usize| r.get(i).cloned().flatten();
+        let kind = match col(0)?.as_str() {
+            "a" => RowKind::Walsender,
+            "s" => RowKind::Slot,
+            _ => return None,
+        };
+        Some(Row {
+            kind,
+            name: col(1)?,
+            lsn: col(2).and_then(|l| l.parse::<Lsn>().ok()),
+            connected: col(3).as_deref() == Some("t"),
+            visible: col(4).as_deref() != Some("f"),
+        })
+    }
+}
+
+/// Parses a block's reading: a JSON array of `[kind, name, lsn, connected, visible]`.
+fn parse_reading(json: &str) -> Result<Vec<Row>, serde_json::Error> {
+    type Raw = (String, Option<String>, Option<String>, bool, bool);
+    let raw: Vec<Raw> = serde_json::from_str(json)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(kind, name, lsn, connected, visible)| {
+            let kind = match kind.as_str() {
+                "a" => RowKind::Walsender,
+                "s" => RowKind::Slot,
+                _ => return None,
+            };
+            Some(Row {
+                kind,
+                name: name?,
+                lsn: lsn.and_then(|l| l.parse::<Lsn>().ok()),
+                connected,
+                visible,
+            })
+        })
+        .collect())
+}
+
+/// What a reading says of the candidates: the positions seen, and the candidates whose
+/// position the role may not read (a walsender row without it, and no slot of the name to
+/// give it). A walsender still starting (visible, no flush yet) says nothing.
+fn interpret(rows: &[Row], names: &[String]) -> (Vec<Observed>, Vec<String>) {
+    let mut obs: Vec<Observed> = Vec::new();
+    let mut null_flush: Vec<String> = Vec::new();
+    for r in rows {
+        match r.lsn {
+            Some(lsn) => obs.push(Observed {
+                name: r.name.clone(),
+                lsn,
+                connected: r.connected,
+            }),
+            None if r.kind == RowKind::Walsender && !r.visible && names.contains(&r.name) => {
+                null_flush.push(r.name.clone())
+            }
+            None => {}
+        }
+    }
+    let unreadable = null_flush
+        .into_iter()
+        .filter(|n| !obs.iter().any(|o| &o.name == n))
+        .collect();
+    (obs, unreadable)
+}
+
+/// The reading block: [`QUERY`]'s rows as JSON, read every [`BLOCK_SLEEP`] inside the
+/// server, sent as a `NOTICE` each time they differ from the last; it ends after `bound` (or
+/// half the session's `statement_timeout` / `transaction_timeout` when that is shorter), or
+/// after `idle_end` without a change.
+///
+/// `pg_stat_get_wal_senders()` and the slots are read from shared memory each time; the
+/// backends' table behind `application_name` is a per-transaction snapshot, so it is read again
+/// (`pg_stat_clear_snapshot()`) when a walsender is not in it, and the block commits every
+/// second (a DO block outside a transaction may), which also drops its snapshot: it holds no
+/// xmin back for longer than that.
+fn block_sql(bound: Duration, idle_end: Duration) -> String {
+    format!(
+        r#"DO $walrelay$
+DECLARE
+  bound interval := interval '{bound} ms';
+  idle_end interval := interval '{idle} ms';
+  started timestamptz := clock_timestamp();
+  changed timestamptz := clock_timestamp();
+  committed timestamptz := clock_timestamp();
+  last text;
+  cur text;
+  stale boolean;
+  cleared boolean := false;
+  tmo bigint;
+BEGIN
+  SELECT min(setting::bigint) INTO tmo FROM pg_catalog.pg_settings
+   WHERE name IN ('statement_timeout', 'transaction_timeout') AND setting::bigint > 0;
+  IF tmo IS NOT NULL THEN
+    bound := least(bound, tmo * interval '0.5 ms');
+  END IF;
+  LOOP
+    WITH w AS (SELECT pid, state, flush_lsn FROM pg_catalog.pg_stat_get_wal_senders())
+    SELECT coalesce(json_agg(json_build_array(k, n, l, c, v) ORDER BY k, n, l), '[]')::text,
+           coalesce(bool_or(k = 'a' AND n IS NULL), false)
+      INTO cur, stale
+      FROM (SELECT 'a' AS k, a.application_name AS n, w.flush_lsn AS l, true AS c,
+                   w.state IS NOT NULL AS v
+              FROM w LEFT JOIN LATERAL pg_catalog.pg_stat_get_activity(w.pid) a ON true
+            UNION ALL
+            SELECT 's', s.slot_name::text, coalesce(w.flush_lsn, s.restart_lsn),
+                   w.pid IS NOT NULL, true
+              FROM pg_catalog.pg_replication_slots s LEFT JOIN w ON w.pid = s.active_pid
+             WHERE s.slot_type = 'physical') r;
+    IF stale AND NOT cleared THEN
+      PERFORM pg_catalog.pg_stat_clear_snapshot();
+      cleared := true;
+      CONTINUE;
+    END IF;
+    cleared := false;
+    IF cur IS DISTINCT FROM last THEN
+      RAISE NOTICE '{prefix}%', cur;
+      last := cur;
+      changed := clock_timestamp();
+    END IF;
+    EXIT WHEN clock_timestamp() - started >= bound OR clock_timestamp() - changed >= idle_end;
+    IF clock_timestamp() - committed >= interval '1 s' THEN
+      COMMIT;
+      committed := clock_timestamp();
+    END IF;
+    PERFORM pg_catalog.pg_sleep({sleep});
+  END LOOP;
+END
+$walrelay$"#,
+        bound = bound.as_millis(),
+        idle = idle_end.as_millis(),
+        prefix = NOTICE_PREFIX,
+        sleep = BLOCK_SLEEP.as_secs_f64(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pushed_reading_parses_to_the_query_rows() {
+        // As json_agg prints it (PostgreSQL 15).
+        let json = r#"[["a", "ha", "0/3000148", true, true], ["a", null, "0/1", true, true], ["s", "ha", "0/3000148", true, true], ["x", "y", null, false, true]]"#;
+        let rows = parse_reading(json).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                Row {
+                    kind: RowKind::Walsender,
+                    name: "ha".into(),
+                    lsn: Some(Lsn(0x3000148)),
+                    connected: true,
+                    visible: true,
+                },
+                Row {
+                    kind: RowKind::Slot,
+                    name: "ha".into(),
+                    lsn: Some(Lsn(0x3000148)),
+                    connected: true,
+                    visible: true,
+                },
+            ]
+        );
+        assert_eq!(parse_reading("[]").unwrap(), vec![]);
+        for bad in [
+            "",
+            "[",
+            "{}",
+            r#"[["a", "ha"]]"#,
+            r#"[["a", 1, "0/1", true, true]]"#,
+        ] {
+            assert!(parse_reading(bad).is_err(), "{bad}");
+        }
+        // The same row from the one-shot query's text columns.
+        let col = |v: &str| Some(v.to_string());
+        assert_eq!(
+            Row::from_columns(&[col("a"), col("ha"), col("0/3000148"), col("t"), col("t")]),
+            rows.first().cloned()
+        );
+        assert_eq!(Row::from_columns(&[col("a"), None, col("0/1")]), None);
+        assert_eq!(Row::from_columns(&[]), None);
+    }
+
+    #[test]
+    fn a_row_without_position_is_unreadable_only_when_hidden_by_privilege() {
+        let row = |kind, name: &str, lsn: Option<u64>, visible| Row {
+            kind,
+            name: name.into(),
+            lsn: lsn.map(Lsn),
+            connected: true,
+            visible,
+        };
+        let n = names(&["ha", "hb"]);
+        // No pg_read_all_stats: the walsender's columns are NULL, state included.
+        let (obs, unreadable) = interpret(&[row(RowKind::Walsender, "ha", None, false)], &n);
+        assert!(obs.is_empty());
+        assert_eq!(unreadable, names(&["ha"]));
+        // ... unless its slot gives the position.
+        let (obs, unreadable) = interpret(
+            &[
+                row(RowKind::Walsender, "ha", None, false),
+                row(RowKind::Slot, "ha", Some(0x100), true),
+            ],
+            &n,
+        );
+        assert_eq!(obs.len(), 1);
+        assert!(unreadable.is_empty());
+        // A walsender still starting (state known, no flush yet) says nothing; neither does
+        // a hidden row of a name not watched.
+        let (obs, unreadable) = interpret(
+            &[
+                row(RowKind::Walsender, "hb", None, true),
+                row(RowKind::Walsender, "other", None, false),
+            ],
+            &n,
+        );
+        assert!(obs.is_empty() && unreadable.is_empty());
+    }
+
+    #[test]
+    fn polling_backs_off_while_readings_release_nothing() {
+        let mut w = FALLBACK_POLL_MIN;
+        let mut waits = vec![];
+        for _ in 0..6 {
+            w = next_poll(w, false);
+            waits.push(w.as_millis());
+        }
+        assert_eq!(waits, [40, 80, 160, 320, 320, 320]);
+        assert_eq!(next_poll(FALLBACK_POLL_MAX, true), FALLBACK_POLL_MIN);
+        // Never faster than 50 a second.
+        assert_eq!(next_poll(Duration::ZERO, false), FALLBACK_POLL_MIN);
+    }
+
+    #[test]
+    fn the_block_is_bounded_and_reports_with_the_prefix() {
+        let sql = block_sql(Duration::from_secs(10), Duration::from_secs(1));
+        assert!(sql.starts_with("DO $walrelay$"));
+        assert!(sql.contains("interval '10000 ms'"));
+        assert!(sql.contains("interval '1000 ms'"));
+        assert!(sql.contains(&format!("RAISE NOTICE '{NOTICE_PREFIX}%', cur;")));
+        assert!(sql.contains("pg_catalog.pg_sleep(0.001)"));
+        assert!(sql.trim_end().ends_with("$walrelay$"));
+    }
 }

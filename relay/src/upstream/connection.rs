@@ -8,11 +8,13 @@
 //! * `Copy`: inside CopyBoth; which sides have sent CopyDone.
 //! * `Draining`: the server ended COPY with an ERROR; its ReadyForQuery is still to be read
 //!   (done lazily, and resumably, by the next query).
+//! * `Query`: a query sent with [`Connection::send_simple_query`] whose events (rows,
+//!   notices) are read one at a time with [`Connection::recv_query_event`] until it ends.
 //! * `Busy`: a multi-step operation is in progress. If its future is dropped the state stays
 //!   `Busy`, and later calls fail with [`UpstreamError::Broken`].
 //! * `Broken`: I/O failed, the server sent FATAL, or the protocol went off the rails.
 //!
-//! Cancel safety: [`Connection::recv_copy`] is cancel-safe (meant for `tokio::select!` with
+//! Cancel safety: [`Connection::recv_copy`] and [`Connection::recv_query_event`] are cancel-safe (meant for `tokio::select!` with
 //! timers and feedback); a cancelled send leaves its message queued whole, to go out with the
 //! next send. `simple_query`, `start_copy_both` and `finish_copy` are not cancel-safe: dropping
 //! them half-way leaves the connection `Busy` (unusable).
@@ -53,6 +55,57 @@ pub enum CopyEvent {
     CommandComplete(String),
 }
 
+/// One event of a query read as it arrives ([`Connection::send_simple_query`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryEvent {
+    /// A NoticeResponse (a `RAISE NOTICE`, a WARNING, ...), as the server flushed it: the
+    /// server sends each one at once (elog.c's `send_message_to_frontend` ends with
+    /// `pq_flush`), so a long-running statement can report as it goes.
+    Notice(ServerError),
+    /// A DataRow, as text.
+    Row(Vec<Option<String>>),
+    /// ReadyForQuery after a query that succeeded: the connection is idle again. (A query that
+    /// failed ends with [`UpstreamError::Server`] instead, the connection idle as well.)
+    Done,
+}
+
+/// What a [`CancelToken`] sends: PostgreSQL's CancelRequest for one backend, on a connection
+/// of its own (as libpq's `PQcancel`: plain TCP, whatever the session's `sslmode`; the server
+/// reads it before any authentication).
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    addr: SocketAddr,
+    pid: i32,
+    key: i32,
+}
+
+impl CancelToken {
+    /// Asks the server to cancel the backend's running statement, and waits (up to `limit`)
+    /// for the server to close the cancel connection, which it does once it has signalled the
+    /// backend. A cancel that arrives when nothing runs does nothing.
+    pub async fn cancel(&self, limit: Duration) -> Result<(), UpstreamError> {
+        let send = async {
+            let mut tcp = TcpStream::connect(self.addr).await.map_err(|e| {
+                UpstreamError::io(format!("could not send cancel request to {}", self.addr), e)
+            })?;
+            let mut req = bytes::BytesMut::new();
+            frontend::cancel_request(self.pid, self.key, &mut req);
+            tcp.write_all(&req)
+                .await
+                .map_err(|e| UpstreamError::io("could not send cancel request", e))?;
+            let mut sink = [0u8; 16];
+            // The server answers nothing and closes: EOF (or an error) means it is done.
+            let _ = tcp.read(&mut sink).await;
+            Ok(())
+        };
+        tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout {
+                addr: self.addr.to_string(),
+            })
+        })
+    }
+}
+
 /// What `start_copy_both` led to.
 ///
 /// Chosen over an error variant because the no-COPY answer is a normal protocol outcome:
@@ -86,6 +139,9 @@ enum State {
         client_done: bool,
     },
     Draining,
+    /// A query from [`Connection::send_simple_query`] is running; its events are read one at
+    /// a time.
+    Query,
     Busy,
     Broken,
 }
@@ -102,6 +158,8 @@ pub struct Connection {
     /// that authenticated and then stopped answering is given up on, so the next host can be
     /// tried.
     query_timeout: Option<Duration>,
+    /// The ErrorResponse of the running [`State::Query`], returned at its ReadyForQuery.
+    query_error: Option<ServerError>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -317,6 +375,7 @@ async fn attempt(
         backend_key: None,
         state: State::Busy,
         query_timeout: ci.connect_timeout,
+        query_error: None,
     };
     loop {
         match conn.next().await? {
@@ -413,6 +472,16 @@ impl Connection {
         self.backend_key
     }
 
+    /// What cancels this backend's running statement from elsewhere (None when the server sent
+    /// no BackendKeyData).
+    pub fn cancel_token(&self) -> Option<CancelToken> {
+        self.backend_key.map(|(pid, key)| CancelToken {
+            addr: self.addr,
+            pid,
+            key,
+        })
+    }
+
     /// Whether the connection is idle and usable for queries (it may still need to read the
     /// ReadyForQuery left by a COPY that ended in an error, which the next query does).
     pub fn is_ready(&self) -> bool {
@@ -422,6 +491,18 @@ impl Connection {
     /// The next message that matters, folding in ParameterStatus and NoticeResponse. Cancel-safe
     /// (one await point, in [`Framed::recv`]). Marks the connection broken on failure.
     async fn next(&mut self) -> Result<BackendMessage, UpstreamError> {
+        loop {
+            match self.next_with_notices().await? {
+                BackendMessage::Notice(n) => {
+                    tracing::debug!(host = %self.host, notice = %n, "upstream notice");
+                }
+                m => return Ok(m),
+            }
+        }
+    }
+
+    /// Like [`Connection::next`], but NoticeResponse is returned too. Cancel-safe.
+    async fn next_with_notices(&mut self) -> Result<BackendMessage, UpstreamError> {
         loop {
             let msg = match self
                 .wire
@@ -439,9 +520,6 @@ impl Connection {
             match msg {
                 BackendMessage::ParameterStatus { name, value } => {
                     self.params.insert(name, value);
-                }
-                BackendMessage::Notice(n) => {
-                    tracing::debug!(host = %self.host, notice = %n, "upstream notice");
                 }
                 BackendMessage::Other(b'A') => {} // NotificationResponse: not ours to handle.
                 m => return Ok(m),
@@ -475,6 +553,9 @@ impl Connection {
                 }
                 State::Copy { .. } => {
                     return Err(UpstreamError::Protocol("connection is in COPY mode".into()));
+                }
+                State::Query => {
+                    return Err(UpstreamError::Protocol("a query is still running".into()));
                 }
                 State::Busy | State::Broken => return Err(UpstreamError::Broken),
             }
@@ -556,6 +637,58 @@ impl Connection {
         error.map_or(Ok(rows), |e| Err(UpstreamError::Server(e)))
     }
 
+    /// Sends one simple-protocol query whose results are read as they arrive, with
+    /// [`Connection::recv_query_event`], until it ends: for a long-running statement that
+    /// reports with NoticeResponse (no `connect_timeout` bound: the caller bounds it). To stop
+    /// it early, [`CancelToken::cancel`] it and read on to its end (an ERROR 57014).
+    pub async fn send_simple_query(&mut self, sql: &str) -> Result<(), UpstreamError> {
+        self.send_query(sql).await?;
+        self.query_error = None;
+        self.state = State::Query;
+        Ok(())
+    }
+
+    /// The next event of the query sent by [`Connection::send_simple_query`]. Cancel-safe (one
+    /// await point; the state changes only after it).
+    ///
+    /// An ERROR from the server is returned as [`UpstreamError::Server`] at the query's
+    /// ReadyForQuery, with the connection idle and usable; a FATAL one breaks it.
+    pub async fn recv_query_event(&mut self) -> Result<QueryEvent, UpstreamError> {
+        match self.state {
+            State::Query => {}
+            State::Busy | State::Broken => return Err(UpstreamError::Broken),
+            State::Idle | State::Draining | State::Copy { .. } => {
+                return Err(UpstreamError::Protocol("no query is running".into()))
+            }
+        }
+        loop {
+            match self.next_with_notices().await? {
+                BackendMessage::Notice(n) => return Ok(QueryEvent::Notice(n)),
+                BackendMessage::DataRow(r) => return Ok(QueryEvent::Row(r)),
+                BackendMessage::RowDescription
+                | BackendMessage::CommandComplete(_)
+                | BackendMessage::EmptyQuery => {}
+                BackendMessage::Error(e) if e.is_fatal() => {
+                    return Err(self.server_error(e, State::Broken))
+                }
+                BackendMessage::Error(e) => self.query_error = Some(e),
+                BackendMessage::ReadyForQuery => {
+                    self.state = State::Idle;
+                    return match self.query_error.take() {
+                        None => Ok(QueryEvent::Done),
+                        Some(e) => Err(UpstreamError::Server(e)),
+                    };
+                }
+                m @ (BackendMessage::CopyBoth
+                | BackendMessage::CopyIn
+                | BackendMessage::CopyOut) => {
+                    return Err(self.unexpected(m, "a query read as it arrives"));
+                }
+                m => return Err(self.unexpected(m, "a query read as it arrives")),
+            }
+        }
+    }
+
     /// Sends a command expected to enter CopyBoth mode (`START_REPLICATION ...`).
     /// Returns [`StartOutcome::CopyBoth`] once CopyBothResponse arrives, or
     /// [`StartOutcome::NoCopy`] with the rows when the command completed without COPY. An
@@ -627,7 +760,7 @@ impl Connection {
                 ));
             }
             State::Busy | State::Broken => return Err(UpstreamError::Broken),
-            State::Idle | State::Draining => {
+            State::Idle | State::Draining | State::Query => {
                 return Err(UpstreamError::Protocol("not in COPY mode".into()))
             }
         }
@@ -654,7 +787,7 @@ impl Connection {
                 client_done: true, ..
             } => Err(UpstreamError::Protocol("CopyDone already sent".into())),
             State::Busy | State::Broken => Err(UpstreamError::Broken),
-            State::Idle | State::Draining => {
+            State::Idle | State::Draining | State::Query => {
                 Err(UpstreamError::Protocol("not in COPY mode".into()))
             }
         }
@@ -693,7 +826,7 @@ impl Connection {
                 client_done: true, ..
             } => {}
             State::Busy | State::Broken => return Err(UpstreamError::Broken),
-            State::Idle | State::Draining => {
+            State::Idle | State::Draining | State::Query => {
                 return Err(UpstreamError::Protocol("not in COPY mode".into()))
             }
         }
@@ -727,11 +860,13 @@ impl Connection {
         error.map_or(Ok(rows), |e| Err(UpstreamError::Server(e)))
     }
 
-    /// Sends Terminate (if the protocol state allows) and closes the connection.
+    /// Sends Terminate (if the protocol state allows) and closes the connection. (A backend
+    /// still running a statement sees the Terminate only when it next reads; cancel the
+    /// statement first, see [`Connection::cancel_token`].)
     pub async fn terminate(mut self) {
         if matches!(
             self.state,
-            State::Idle | State::Draining | State::Copy { .. }
+            State::Idle | State::Draining | State::Copy { .. } | State::Query
         ) {
             frontend::terminate(self.wire.out());
         }

@@ -27,7 +27,9 @@ pub mod status;
 pub mod target;
 pub mod tls;
 
-pub use connection::{connect, parse_next_timeline, Connection, CopyEvent, StartOutcome};
+pub use connection::{
+    connect, parse_next_timeline, CancelToken, Connection, CopyEvent, QueryEvent, StartOutcome,
+};
 pub use error::{Rows, ServerError, UpstreamError};
 pub use session::{supervise, UpstreamConfig};
 pub use status::{UpstreamState, UpstreamStatus};

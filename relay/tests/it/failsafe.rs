@@ -373,3 +373,87 @@ fn failover_standby_seen_before_a_restart_holds_from_failover_json() {
     assert_eq!(standby.psql(ROWS), rows_before);
     relay.assert_running();
 }
+
+/// What the relay's watcher has running on the primary: its reading blocks (issue 10).
+const ACTIVE_BLOCKS: &str = "select count(*) from pg_stat_activity \
+                             where query like 'DO $walrelay$%' and state = 'active'";
+
+/// Waits until the relay serves everything the primary flushed (`ha` confirmed it all), read
+/// the way `/status` `failover.reading` says.
+fn wait_released(relay: &Relay, primary: &PgCluster, reading: &str) -> Value {
+    let end = primary.flush_lsn();
+    relay.wait_flushed(end);
+    relay.wait_status(
+        &format!("the limit at the primary's end {end}, read by {reading}"),
+        |s| {
+            s["failover"]["reading"] == reading
+                && s["failover"]["limit_lsn"]
+                    .as_str()
+                    .and_then(|l| l.parse::<Lsn>().ok())
+                    .is_some_and(|l| l >= end)
+        },
+    )
+}
+
+/// The watcher's pushing source (issue 10): while WAL waits, one reading block on the primary
+/// sends each change of the candidates' positions as a NOTICE, so the limit follows `ha` with
+/// one statement per block; on SIGTERM the relay cancels the block it has running, so none is
+/// left on the primary; and a primary that refuses the block (no PL/pgSQL in the watcher's
+/// database) is polled instead, which the relay says once.
+#[test]
+fn failover_standby_reading_is_pushed_cancelled_at_stop_and_polled_when_refused() {
+    let Topology {
+        primary,
+        candidates: [_ha],
+        relays: [mut relay],
+        ..
+    } = Topology::primary_relay()
+        .candidates(["ha"])
+        .failover_standby("ha")
+        .start();
+    workload::insert_rows(&primary, 1..=200);
+    wait_released(&relay, &primary, "push");
+    assert!(
+        relay.metric("walrelay_failover_queries_total").is_some(),
+        "{}",
+        relay.metrics()
+    );
+
+    // A block runs while WAL keeps coming; the relay stops in the middle of it.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut id = 1000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                workload::insert_rows(&primary, id..=id + 9);
+                id += 10;
+            }
+        });
+        primary.wait_for_value("a reading block on the primary", ACTIVE_BLOCKS, "1");
+        let status = relay.stop();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(status.success(), "{status:?}: {}", relay.log());
+    });
+    primary.wait_for_value("no reading block left", ACTIVE_BLOCKS, "0");
+    let log = primary.log();
+    assert!(
+        log.contains("canceling statement due to user request"),
+        "the relay did not cancel its block: {}\n----- relay log -----\n{}",
+        primary.log_tail(),
+        relay.log()
+    );
+
+    // No PL/pgSQL: the block is refused, the watcher polls.
+    primary.psql("drop extension plpgsql");
+    relay.restart();
+    relay.wait_ready();
+    workload::insert_rows(&primary, 5000..=5200);
+    wait_released(&relay, &primary, "poll");
+    workload::insert_rows(&primary, 6000..=6200);
+    wait_released(&relay, &primary, "poll");
+    let refused = "the primary refused the failover standbys' pushing reading";
+    relay.wait_for_log(refused);
+    assert_eq!(relay.log().matches(refused).count(), 1, "{}", relay.log());
+    relay.assert_running();
+    eprintln!("----- relay log -----\n{}", relay.log());
+}

@@ -271,6 +271,7 @@ pub(crate) mod fixtures {
                 holding: true,
                 connected: false,
                 last_error: Some("f".into()),
+                reading: Some("push"),
             }),
             store: StoreJson {
                 servable_lsn: Some(Lsn(0x2F0_0000)),

@@ -411,3 +411,102 @@ async fn a_query_without_an_answer_times_out_and_breaks_the_connection() {
     drop(c);
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_query_read_as_it_arrives_surfaces_notices_then_its_end() {
+    use crate::proto::error::{PgError, Severity};
+    let (listener, ci) = fake_server().await;
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut p = Peer::accept(&listener).await;
+        p.handshake().await;
+        assert_eq!(p.message().await.tag, b'Q');
+        let notice = |m: &str| {
+            let mut b = BytesMut::new();
+            PgError {
+                severity: Severity::Notice,
+                code: "00000",
+                message: m.into(),
+                detail: None,
+                hint: None,
+            }
+            .encode(&mut b);
+            b
+        };
+        // The first notice alone: the client must see it before the statement ends.
+        p.send(&notice("one")).await;
+        go_rx.await.unwrap();
+        let mut b = notice("two");
+        backend::command_complete(&mut b, "DO");
+        backend::ready_for_query(&mut b);
+        p.send(&b).await;
+        // A second query that fails: an ERROR, then ReadyForQuery.
+        assert_eq!(p.message().await.tag, b'Q');
+        let mut b = BytesMut::new();
+        PgError::error("57014", "canceling statement due to user request").encode(&mut b);
+        backend::ready_for_query(&mut b);
+        p.send(&b).await;
+        p.message().await
+    });
+    let mut c = connect(&ci, 0, "t").await.unwrap();
+    let token = c.cancel_token().unwrap();
+    assert_eq!((token.pid, token.key), (4242, 7));
+    c.send_simple_query("DO $$ … $$").await.unwrap();
+    assert!(!c.is_ready());
+    assert!(matches!(
+        c.simple_query("SELECT 1").await,
+        Err(UpstreamError::Protocol(_))
+    ));
+    // Cancel-safe: a timer that fires first loses nothing.
+    let first = loop {
+        tokio::select! {
+            ev = c.recv_query_event() => break ev.unwrap(),
+            _ = tokio::time::sleep(Duration::from_micros(10)) => {}
+        }
+    };
+    match first {
+        QueryEvent::Notice(n) => {
+            assert_eq!((n.severity.as_str(), n.message.as_str()), ("NOTICE", "one"))
+        }
+        other => panic!("{other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    match c.recv_query_event().await.unwrap() {
+        QueryEvent::Notice(n) => assert_eq!(n.message, "two"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.recv_query_event().await.unwrap(), QueryEvent::Done);
+    assert!(c.is_ready());
+    c.send_simple_query("DO $$ … $$").await.unwrap();
+    match c.recv_query_event().await {
+        Err(UpstreamError::Server(e)) => assert_eq!(e.code, "57014"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.is_ready(), "an ERROR leaves the connection usable");
+    c.terminate().await;
+    assert_eq!(server.await.unwrap().tag, b'X');
+}
+
+#[tokio::test]
+async fn cancel_token_sends_postgres_cancel_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token = CancelToken {
+        addr: listener.local_addr().unwrap(),
+        pid: 4242,
+        key: 7,
+    };
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut b = [0u8; 16];
+        sock.read_exact(&mut b).await.unwrap();
+        b
+        // Dropped: closed, as the postmaster does.
+    });
+    token.cancel(Duration::from_secs(5)).await.unwrap();
+    let b = server.await.unwrap();
+    // Length 16, code 80877102, pid, key.
+    assert_eq!(&b[..4], &16i32.to_be_bytes());
+    assert_eq!(&b[4..8], &80877102i32.to_be_bytes());
+    assert_eq!(&b[8..12], &4242i32.to_be_bytes());
+    assert_eq!(&b[12..], &7i32.to_be_bytes());
+}
