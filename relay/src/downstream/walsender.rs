@@ -36,7 +36,7 @@ use crate::proto::backend::{self, Column};
 use crate::proto::error::{sqlstate, PgError};
 use crate::proto::frontend::{parse_frontend, FrontendMessage};
 use crate::proto::replication::{
-    encode_xlog_data_frame, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
+    encode_xlog_data_header, now_pg, parse_client_copy, ClientCopyMessage, Keepalive,
 };
 use crate::store::reader::{ReadError, WalReader};
 use crate::store::servable::{Historic, Servable};
@@ -369,6 +369,9 @@ impl Sender {
                 return self.end_timeline(conn, h).await;
             }
             self.guard.update(|d| d.state = WalSndState::Streaming);
+            // Going to wait: an output buffer grown by large `w` messages goes back (it grows
+            // again with the next ones), so an idle walsender holds little memory.
+            conn.shrink_idle();
             // After a ping the next wake-up is the keepalive or the timeout, never the ping
             // time again (which has passed).
             let ping_due = self.ping_due();
@@ -461,7 +464,7 @@ impl Sender {
     /// [`Sender::after_write`].
     async fn flush(&mut self, conn: &mut Conn) -> Result<(), SessionEnd> {
         let mut progress_at = Instant::now();
-        let mut left = conn.out().len();
+        let mut left = conn.queued();
         loop {
             let deadline = self
                 .timeout
@@ -483,7 +486,7 @@ impl Sender {
             }
             let Some(t) = self.timeout else { continue };
             let now = Instant::now();
-            let remaining = conn.out().len();
+            let remaining = conn.queued();
             if remaining < left {
                 left = remaining;
                 progress_at = now;
@@ -538,9 +541,11 @@ impl Sender {
                 "could not read WAL",
             )));
         }
-        encode_xlog_data_frame(conn.out(), self.sent, end, &data);
-        self.flush(conn).await?;
         let n = data.len() as u64;
+        // The header in the output buffer, the WAL after it as it is (no copy).
+        encode_xlog_data_header(conn.out(), self.sent, end, data.len());
+        conn.queue_bytes(data);
+        self.flush(conn).await?;
         self.sent = Lsn(self.sent.0 + n);
         let (sent, at) = (self.sent, self.durable_at);
         self.guard.update(|d| {

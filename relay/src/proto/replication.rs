@@ -38,13 +38,19 @@ pub const XLOG_DATA_HEADER_LEN: usize = 25;
 
 /// Writes a `w` CopyData message (with its `d` frame) into `out`.
 pub fn encode_xlog_data_frame(out: &mut BytesMut, start: Lsn, wal_end: Lsn, data: &[u8]) {
+    encode_xlog_data_header(out, start, wal_end, data.len());
+    out.put_slice(data);
+}
+
+/// Writes the `d` frame and `w` header of a message whose `len` WAL bytes the caller sends
+/// right after it (not copied into `out`: see `wire::MsgWriter::queue_bytes`).
+pub fn encode_xlog_data_header(out: &mut BytesMut, start: Lsn, wal_end: Lsn, len: usize) {
     out.put_u8(b'd');
-    out.put_i32((4 + XLOG_DATA_HEADER_LEN + data.len()) as i32);
+    out.put_i32((4 + XLOG_DATA_HEADER_LEN + len) as i32);
     out.put_u8(b'w');
     out.put_u64(start.0);
     out.put_u64(wal_end.0);
     out.put_i64(now_pg());
-    out.put_slice(data);
 }
 
 /// `k`: the sender's WAL end, its clock, and whether it wants a reply at once.
