@@ -24,9 +24,9 @@ pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
 /// Unlike PostgreSQL (0), a relay keeps some WAL by default: buffering for replicas that
 /// reconnect is its job.
 pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
-/// The in-memory tail of recent WAL (`wal_tail_size`): 64 MiB serves replicas that keep up
-/// from memory at a few hundred MB/s of WAL for a fraction of a second's lag, or for longer at
-/// lower rates.
+/// The in-memory tail of recent WAL (`wal_tail_size`): replicas less than this far behind are
+/// served from memory. The same figure as `store::tail::DEFAULT_TAIL_CAPACITY` (this module
+/// does not import the store).
 pub const DEFAULT_WAL_TAIL_SIZE: usize = 64 << 20;
 /// PostgreSQL's default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
