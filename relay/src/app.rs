@@ -49,6 +49,7 @@ pub async fn run(
         .slots()
         .set_max(cfg.max_replication_slots)
         .with_context(|| format!("open data directory {}", cfg.data_dir.display()))?;
+    store.set_tail_capacity(cfg.wal_tail_size);
     let durable = store.durable();
     info!(data_dir = %cfg.data_dir.display(), timeline = durable.timeline, flushed = %durable.lsn, "store opened");
 

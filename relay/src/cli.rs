@@ -84,6 +84,10 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub max_slot_wal_keep_size: Option<String>,
+    /// Recent WAL kept in memory for replicas that keep up (PostgreSQL units); 0 = none, every
+    /// read from the segment files [default: 64MB]. Re-read on SIGHUP.
+    #[arg(long, env = "WALRELAY_WAL_TAIL_SIZE")]
+    pub wal_tail_size: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "WALRELAY_LOG_FORMAT")]
     pub log_format: Option<String>,

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 failover_standby_missing: args.failover_standby_missing,
                 wal_keep_size: args.wal_keep_size,
                 max_slot_wal_keep_size: args.max_slot_wal_keep_size,
+                wal_tail_size: args.wal_tail_size,
                 max_connections: args.max_connections,
                 max_replication_slots: args.max_replication_slots,
                 authentication_timeout: args.authentication_timeout,

@@ -8,6 +8,8 @@
 //!
 //! - `log_filter`: the logger's reload layer.
 //! - `wal_keep_size`, `max_slot_wal_keep_size`: the retention task's watch; a pass runs at once.
+//! - `wal_tail_size`: the store's in-memory tail takes the new size at once (a smaller one
+//!   drops its oldest chunks; walsenders then read those bytes from the segment files).
 //! - the downstream access files (`hba_file`, `auth_file`, the `tls_cert`/`tls_key` pair):
 //!   re-read for new connections while established ones keep streaming; a bad access file is
 //!   reported and the running rules stay. `auth_query` with them: a changed query applies to
@@ -81,6 +83,9 @@ fn size(n: u64) -> String {
         if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
+    }
+    if n == 0 {
+        return "0".into();
     }
     format!("{n} bytes")
 }
@@ -227,6 +232,24 @@ impl Reloader {
             applied += 1;
             self.running.retention = r;
             self.retention.send_replace(r);
+        }
+        if new.wal_tail_size != self.running.wal_tail_size {
+            let (o, n) = (
+                size(self.running.wal_tail_size as u64),
+                size(new.wal_tail_size as u64),
+            );
+            // (No context only in unit tests: there is no store to tell.)
+            if let Some(ctx) = &self.downstream {
+                ctx.store.set_tail_capacity(new.wal_tail_size);
+            }
+            applied += 1;
+            self.running.wal_tail_size = new.wal_tail_size;
+            tracing::info!(
+                setting = "wal_tail_size",
+                old = %o,
+                new = %n,
+                "reloaded: wal_tail_size changed from {o} to {n}"
+            );
         }
         applied += self.reload_limits(new.limits);
         let mut failover_restart = false;
@@ -406,7 +429,7 @@ mod tests {
         r.reload();
         assert_eq!(rx.borrow().wal_keep_size, 64 << 20);
         assert_eq!(size(1 << 30), "1GB");
-        assert_eq!(size(0), "0 bytes");
+        assert_eq!(size(0), "0");
         assert_eq!(max_size(None), "-1");
     }
 
@@ -542,6 +565,26 @@ mod tests {
         write(dir.path(), &format!("{BASE}failover_standby = [\"ha1\"]\n"));
         r.reload();
         assert!(r.running.failover_standbys.is_empty());
+    }
+
+    #[test]
+    fn applies_the_tail_size_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, ctx) = reloader(dir.path(), &format!("{BASE}wal_tail_size = \"64MB\"\n"));
+        ctx.store.set_tail_capacity(r.running.wal_tail_size);
+        assert_eq!(ctx.store.tail_usage(), (64 << 20, 0));
+        write(dir.path(), &format!("{BASE}wal_tail_size = \"1MB\"\n"));
+        r.reload();
+        assert_eq!(ctx.store.tail_usage(), (1 << 20, 0));
+        assert_eq!(r.running.wal_tail_size, 1 << 20);
+        write(dir.path(), &format!("{BASE}wal_tail_size = \"0\"\n"));
+        r.reload();
+        assert_eq!(ctx.store.tail_usage(), (0, 0));
+        // A bad value: the running size stays.
+        write(dir.path(), &format!("{BASE}wal_tail_size = \"-1\"\n"));
+        r.reload();
+        assert_eq!(ctx.store.tail_usage(), (0, 0));
+        assert_eq!(r.running.wal_tail_size, 0);
     }
 
     #[test]

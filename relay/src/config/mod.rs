@@ -24,6 +24,10 @@ pub const DEFAULT_APPLICATION_NAME: &str = "walrelay";
 /// Unlike PostgreSQL (0), a relay keeps some WAL by default: buffering for replicas that
 /// reconnect is its job.
 pub const DEFAULT_WAL_KEEP_SIZE: u64 = 1 << 30;
+/// The in-memory tail of recent WAL (`wal_tail_size`): replicas less than this far behind are
+/// served from memory. The same figure as `store::tail::DEFAULT_TAIL_CAPACITY` (this module
+/// does not import the store).
+pub const DEFAULT_WAL_TAIL_SIZE: usize = 64 << 20;
 /// PostgreSQL's default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// PostgreSQL's default `max_replication_slots`.
@@ -52,6 +56,8 @@ pub struct FileConfig {
     pub wal_keep_size: Option<String>,
     /// PostgreSQL-style size, or `-1` for unlimited.
     pub max_slot_wal_keep_size: Option<String>,
+    /// PostgreSQL-style size of the in-memory tail of recent WAL; `0` keeps none.
+    pub wal_tail_size: Option<String>,
     pub max_connections: Option<u32>,
     pub max_replication_slots: Option<u32>,
     /// A duration: `60s`, `1m`, `500ms`.
@@ -93,6 +99,7 @@ pub struct Overrides {
     pub failover_standby_missing: Option<String>,
     pub wal_keep_size: Option<String>,
     pub max_slot_wal_keep_size: Option<String>,
+    pub wal_tail_size: Option<String>,
     pub max_connections: Option<u32>,
     pub max_replication_slots: Option<u32>,
     pub authentication_timeout: Option<String>,
@@ -206,6 +213,9 @@ pub struct RelayConfig {
     /// `application_name` the relay uses upstream (from the conninfo, else `walrelay`).
     pub application_name: String,
     pub retention: Retention,
+    /// Bytes of recent WAL kept in memory for walsenders (`wal_tail_size`; 0: none, every
+    /// read goes to the segment files). A reload applies a new value at once.
+    pub wal_tail_size: usize,
     /// Limits on downstream connections.
     pub limits: Limits,
     /// Relay-side replication slots that may exist at once (needs a restart to change, as in
@@ -306,6 +316,16 @@ impl RelayConfig {
                     .with_context(|| format!("invalid max_slot_wal_keep_size \"{m}\""))?,
                 None => None,
             };
+        let wal_tail_size = match over.wal_tail_size.or(file.wal_tail_size) {
+            Some(t) => match parse_size(&t)
+                .with_context(|| format!("invalid wal_tail_size \"{t}\""))?
+            {
+                Some(n) => usize::try_from(n)
+                    .with_context(|| format!("invalid wal_tail_size \"{t}\": size out of range"))?,
+                None => bail!("invalid wal_tail_size \"{t}\": give a size, or 0 for no tail"),
+            },
+            None => DEFAULT_WAL_TAIL_SIZE,
+        };
         let max_connections = match over.max_connections.or(file.max_connections) {
             Some(0) => bail!("invalid max_connections 0: at least 1 connection is needed"),
             Some(n) => n as usize,
@@ -390,6 +410,7 @@ impl RelayConfig {
                 wal_keep_size,
                 max_slot_wal_keep_size,
             },
+            wal_tail_size,
             limits,
             max_replication_slots,
             access,
@@ -469,6 +490,31 @@ mod tests {
         assert_eq!(c.application_name, "walrelay");
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.max_replication_slots, DEFAULT_MAX_REPLICATION_SLOTS);
+        assert_eq!(c.wal_tail_size, DEFAULT_WAL_TAIL_SIZE);
+    }
+
+    #[test]
+    fn wal_tail_size_from_file_and_flag() {
+        let base = "upstream = \"host=a user=r\"\ndata_dir = \"/tmp/x\"\n";
+        let with = |extra: &str, over: Overrides| {
+            RelayConfig::build(toml::from_str(&format!("{base}{extra}")).unwrap(), over)
+        };
+        let c = with("wal_tail_size = \"1GB\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.wal_tail_size, 1 << 30);
+        let c = with("wal_tail_size = \"16\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.wal_tail_size, 16 << 20);
+        let over = |v: &str| Overrides {
+            wal_tail_size: Some(v.into()),
+            ..Default::default()
+        };
+        let c = with("wal_tail_size = \"1GB\"\n", over("0")).unwrap();
+        assert_eq!(c.wal_tail_size, 0);
+        let c = with("", over("512kB")).unwrap();
+        assert_eq!(c.wal_tail_size, 512 << 10);
+        for bad in ["-1", "lots", "1 parsec"] {
+            let e = with("", over(bad)).unwrap_err();
+            assert!(format!("{e:#}").contains("invalid wal_tail_size"), "{e:#}");
+        }
     }
 
     #[test]

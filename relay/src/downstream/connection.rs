@@ -14,15 +14,19 @@ use crate::proto::backend;
 use crate::proto::error::{PgError, Severity};
 use crate::wire::{Framed, MsgReader, MsgWriter, ReadHalf, Stream, WriteHalf};
 
-/// Read-buffer step: client messages are small (replies, commands), so connections stay
-/// cheap; a larger message grows the buffer as it arrives.
-pub const READ_CHUNK: usize = 8192;
+/// Read-buffer step: client messages are small (a standby's reply is 34 bytes, hot-standby
+/// feedback 21, a replication command a few hundred), so connections stay cheap (each
+/// connection's buffer is about this large for as long as it lives); a larger message grows
+/// the buffer as it arrives.
+pub const READ_CHUNK: usize = 2048;
 /// Longest message a downstream client may send (length word included): replication commands
 /// are a few hundred bytes, a standby's reply 34, hot-standby feedback 21; PostgreSQL's limit for
 /// messages other than queries is 10000 bytes. Past it the client gets `08P01`.
 pub const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
-/// Initial room in the output buffer (one `w` message of 128 KiB grows it once).
-const OUT_CAPACITY: usize = 8192;
+/// Initial room in the output buffer, and the most it keeps while idle ([`Conn::shrink_idle`]):
+/// enough for the startup replies, a keepalive or a `w` header (the WAL itself is queued
+/// beside it, not copied in); a larger message grows it on demand.
+const OUT_CAPACITY: usize = 2048;
 
 /// The connection halves and the output buffer.
 pub struct Conn {
@@ -58,6 +62,13 @@ impl Conn {
     /// plain connection; a TLS connection copies it into its records anyway.
     pub fn queue(&mut self, payload: Bytes) {
         self.wr.queue(payload);
+    }
+
+    /// Gives back an output buffer that grew past [`OUT_CAPACITY`] (a large result set or
+    /// error), once all of it was sent: for a walsender about to wait, so that an idle
+    /// connection holds only small buffers. Not per message.
+    pub fn shrink_idle(&mut self) {
+        self.wr.shrink_idle(OUT_CAPACITY);
     }
 
     /// Bytes encoded or queued and not sent yet.

@@ -366,6 +366,9 @@ impl Sender {
                 return self.end_timeline(conn, h).await;
             }
             self.guard.update(|d| d.state = WalSndState::Streaming);
+            // Going to wait: an output buffer grown by a large message goes back (it grows
+            // again with the next one), so an idle walsender holds little memory.
+            conn.shrink_idle();
             // After a ping the next wake-up is the keepalive or the timeout, never the ping
             // time again (which has passed).
             let ping_due = self.ping_due();

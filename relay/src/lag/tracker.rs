@@ -1,4 +1,8 @@
 //! The per-replica LSN→time sample ring (walsender.c LagTrackerWrite / LagTrackerRead).
+//!
+//! Memory follows the samples in flight (sent, not yet reported by every stage), at most
+//! [`CAPACITY`]; a ring that grew under load is given back once every stage has caught up, and
+//! a stage the replica does not report (0/0: pg_receivewal's replay) holds no sample.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -7,6 +11,10 @@ use crate::wal::Lsn;
 
 /// Samples kept per replica (`LAG_TRACKER_BUFFER_SIZE` in PostgreSQL).
 const CAPACITY: usize = 8192;
+/// Room for samples kept when the ring is empty; past it, an empty ring gives its memory back
+/// (so a connection that streamed a burst does not keep the burst's ring while idle, and one
+/// that keeps few samples in flight never reallocates).
+const IDLE_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -116,11 +124,7 @@ impl LagTracker {
             // idle period is not interpolated against a stale one.
             *self.last_read.get_mut(stage) = None;
         }
-        let min_head = self.heads.0.iter().copied().min().unwrap_or(self.base);
-        while self.base < min_head {
-            self.samples.pop_front();
-            self.base += 1;
-        }
+        self.drop_consumed();
         let time = match (found, next, *self.last_read.get(stage)) {
             (Some(t), _, _) => t,
             (None, None, _) => return None,
@@ -141,6 +145,18 @@ impl LagTracker {
         Some(now.saturating_duration_since(time))
     }
 
+    /// Drops the samples every stage has consumed; an emptied ring that had grown goes back.
+    fn drop_consumed(&mut self) {
+        let min_head = self.heads.0.iter().copied().min().unwrap_or(self.base);
+        while self.base < min_head {
+            self.samples.pop_front();
+            self.base += 1;
+        }
+        if self.samples.is_empty() && self.samples.capacity() > IDLE_CAPACITY {
+            self.samples = VecDeque::new();
+        }
+    }
+
     /// A reply from the replica: update the lags it allows to measure. `sent` is how far the
     /// relay has sent.
     pub fn on_reply(&mut self, write: Lsn, flush: Lsn, replay: Lsn, sent: Lsn, now: Instant) {
@@ -158,6 +174,27 @@ impl LagTracker {
             read(Stage::Flush, flush),
             read(Stage::Replay, replay),
         ];
+        // A stage not reported keeps no sample the reported ones are done with: they would
+        // pile up to CAPACITY for pg_receivewal, whose replay is always 0/0.
+        let stages = [
+            (Stage::Write, write),
+            (Stage::Flush, flush),
+            (Stage::Replay, replay),
+        ];
+        let reported = stages
+            .iter()
+            .filter(|(_, l)| l.is_valid())
+            .map(|(s, _)| *self.heads.get(*s))
+            .min();
+        if let Some(done) = reported {
+            for (stage, lsn) in stages {
+                let head = self.heads.get_mut(stage);
+                if !lsn.is_valid() && *head < done {
+                    *head = done;
+                }
+            }
+            self.drop_consumed();
+        }
         let clear = if replay == sent {
             let c = self.fully_applied_last_time;
             self.fully_applied_last_time = true;
@@ -231,5 +268,28 @@ mod tests {
         assert_eq!(t.lag(Stage::Replay), Some(ms(150)));
         t.on_reply(Lsn(200), Lsn(200), Lsn(150), Lsn(200), t0 + ms(300));
         assert_eq!(t.lag(Stage::Replay), Some(ms(250)));
+    }
+
+    #[test]
+    fn samples_follow_what_is_in_flight() {
+        let t0 = Instant::now();
+        let mut t = LagTracker::default();
+        // pg_receivewal: replay always 0/0. Its samples go once write and flush are past them.
+        for i in 1..=1000u64 {
+            t.record_sent(Lsn(i * 100), t0 + ms(i));
+            t.on_reply(Lsn(i * 100), Lsn(i * 100), Lsn(0), Lsn(i * 100), t0 + ms(i));
+        }
+        assert_eq!(t.samples.len(), 0);
+        assert_eq!(t.lag(Stage::Replay), None);
+        // A burst in flight grows the ring; caught up, it is given back.
+        for i in 1001..=2000u64 {
+            t.record_sent(Lsn(i * 100), t0 + ms(i));
+        }
+        assert_eq!(t.samples.len(), 1000);
+        assert!(t.samples.capacity() >= 1000);
+        let end = Lsn(200_000);
+        t.on_reply(end, end, Lsn(0), end, t0 + ms(2500));
+        assert_eq!(t.lag(Stage::Flush), Some(ms(500)));
+        assert_eq!((t.samples.len(), t.samples.capacity()), (0, 0));
     }
 }

@@ -343,6 +343,22 @@ impl Store {
         }
     }
 
+    /// Sets the in-memory tail's size (`--wal-tail-size`; 0 keeps none): at start, and on a
+    /// reload, when a smaller size drops the oldest chunks at once.
+    pub fn set_tail_capacity(&self, bytes: usize) {
+        if let Ok(mut t) = self.tail.lock() {
+            t.set_capacity(bytes);
+        }
+    }
+
+    /// The in-memory tail's size, and the bytes of WAL it holds now.
+    pub fn tail_usage(&self) -> (usize, usize) {
+        self.tail
+            .lock()
+            .map(|t| (t.capacity(), t.bytes()))
+            .unwrap_or_default()
+    }
+
     /// Recent WAL from memory, if still there.
     pub fn tail_read(&self, tli: TimeLineId, lsn: Lsn, max: usize) -> Option<Bytes> {
         self.tail.lock().ok().and_then(|t| t.read(tli, lsn, max))

@@ -11,8 +11,9 @@
 //! Invariants that make callers cancel-safe:
 //! - a read has a single await point (`read_buf` into the owned buffer) and messages are split
 //!   only from that buffer, so dropping its future never loses or tears a message;
-//! - a send writes from the owned output buffer and advances it as bytes go out, so a cancelled
-//!   send leaves the unsent tail queued and the next send starts with it;
+//! - a send writes from the owned output buffer (and the payloads queued beside it) and
+//!   advances it as bytes go out, so a cancelled send leaves the unsent tail queued and the
+//!   next send starts with it;
 //! - the read buffer grows with the bytes that arrived, never with the length a peer announces.
 
 pub mod framed;

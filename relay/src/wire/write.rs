@@ -90,14 +90,20 @@ pub struct MsgWriter<W> {
     pub out: BytesMut,
     /// Pieces queued before `out` ([`MsgWriter::queue`]).
     queued: VecDeque<Bytes>,
+    /// The most bytes `out` held at a flush since it was last given back: its allocation is at
+    /// least this (once drained, `out.capacity()` no longer tells, as sending advances the
+    /// buffer's start through its allocation).
+    peak: usize,
 }
 
 impl<W: AsyncWrite + Unpin> MsgWriter<W> {
     pub fn new(inner: W, out: BytesMut) -> Self {
+        let peak = out.capacity();
         MsgWriter {
             inner,
             out,
             queued: VecDeque::new(),
+            peak,
         }
     }
 
@@ -117,7 +123,21 @@ impl<W: AsyncWrite + Unpin> MsgWriter<W> {
 
     /// Sends everything queued and flushes. Cancel-safe (see the module docs).
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.peak = self.peak.max(self.out.len());
         send_queued(&mut self.inner, &mut self.queued, &mut self.out).await
+    }
+
+    /// Gives back an output buffer that a large message grew past `keep` bytes, once all of it
+    /// was sent; `true` when it did. For a writer about to go idle, never per message (the next
+    /// large message allocates it again), so memory follows what is being sent, not the
+    /// largest message ever sent on the connection.
+    pub fn shrink_idle(&mut self, keep: usize) -> bool {
+        if !self.out.is_empty() || !self.queued.is_empty() || self.peak <= keep {
+            return false;
+        }
+        self.out = BytesMut::new();
+        self.peak = 0;
+        true
     }
 
     /// Best-effort close: sends what is queued and shuts the writer down.

@@ -60,6 +60,17 @@ fn receivewal_segments_identical() {
     receivewal_identical(&primary, relay.port());
 }
 
+/// With `--wal-tail-size 0` the relay keeps no WAL in memory: every byte it serves is read back
+/// from its segment files, and pg_receivewal's segments are still the primary's, byte for byte.
+#[test]
+fn receivewal_segments_identical_without_a_tail() {
+    let primary = PgCluster::init_primary("primary");
+    workload::create_table(&primary);
+    let mut relay = Relay::start_with(&primary.conninfo(), "relay", &["--wal-tail-size", "0"]);
+    relay.wait_ready();
+    receivewal_identical(&primary, relay.port());
+}
+
 #[test]
 fn harness_selfcheck_receivewal_from_primary() {
     let primary = PgCluster::init_primary("primary");
