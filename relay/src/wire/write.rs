@@ -167,6 +167,29 @@ mod tests {
         assert_eq!(reader.await.unwrap(), b"0123456789abcdef");
     }
 
+    /// A buffer a large message grew is given back once sent (and only then); a small one is
+    /// kept.
+    #[tokio::test]
+    async fn a_grown_buffer_is_given_back_when_idle() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut w = MsgWriter::new(a, BytesMut::with_capacity(512));
+        w.out.extend_from_slice(b"small");
+        w.flush().await.unwrap();
+        assert!(!w.shrink_idle(1024), "a small buffer is kept");
+        w.out.extend_from_slice(&[7u8; 64 * 1024]);
+        assert!(
+            !w.shrink_idle(1024),
+            "nothing goes while unsent bytes are in it"
+        );
+        w.flush().await.unwrap();
+        assert!(w.shrink_idle(1024));
+        assert!(w.out.capacity() < 1024);
+        assert!(!w.shrink_idle(1024), "once");
+        let mut got = vec![0u8; 5 + 64 * 1024];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..5], b"small");
+    }
+
     #[tokio::test]
     async fn queued_payloads_go_in_encoding_order() {
         // A small pipe: every write is partial, so the advancing over pieces is exercised.

@@ -252,6 +252,10 @@ fn sighup_lowers_wal_sender_timeout_for_running_walsenders() {
         .relay_args(&["--config", &conf_arg])
         .rows(1..=100)
         .start();
+    // The standby replies every second: the new 5 s timeout applies at once to the time since
+    // its last reply (as WalSndCheckTimeOut does), so with the default 10 s interval a reload
+    // landing just before its next reply would drop it as well.
+    standby.alter_system("wal_receiver_status_interval", "1s");
     let receiver = "select pid, status, sender_port from pg_stat_wal_receiver";
     let before = standby.psql(receiver);
     // Streaming, never reading nor replying: with the 1h timeout, nothing ends it.
