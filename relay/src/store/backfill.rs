@@ -192,23 +192,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::Identity;
+    use crate::store::testing::fixture_store;
     use crate::wal::testwal::{fixture, SEG};
 
     /// A store for the fixture's cluster holding its segment `first + 2` (the oldest).
     fn store_from_third(dir: &std::path::Path) -> (Arc<Store>, u64) {
         let f = fixture();
         let first = f.first_segno();
-        let mut sysid = [0u8; 8];
-        sysid.copy_from_slice(&f.segment(first)[24..32]);
-        let store = Store::open(dir).unwrap();
-        store
-            .adopt_identity(Identity {
-                system_identifier: u64::from_le_bytes(sysid).to_string(),
-                seg_size: SEG,
-                server_version: "15.18".into(),
-            })
-            .unwrap();
+        let store = fixture_store(dir);
         let third = SegmentId::new(1, first + 2, SEG);
         std::fs::write(store.wal_dir().join(third.name()), f.segment(first + 2)).unwrap();
         (store, first)

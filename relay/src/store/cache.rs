@@ -468,23 +468,13 @@ fn read_at(file: &File, from: Lsn, to: Lsn, seg_size: u64, name: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Identity;
+    use crate::store::testing::fixture_store;
     use crate::wal::testwal::{fixture, SEG};
 
     /// A store holding the fixture's first `n` segments under their complete names.
     fn store_with_segments(dir: &std::path::Path, n: usize) -> Arc<Store> {
         let f = fixture();
-        let first = f.segment(f.first_segno());
-        let mut sysid = [0u8; 8];
-        sysid.copy_from_slice(&first[24..32]);
-        let store = Store::open(dir).unwrap();
-        store
-            .adopt_identity(Identity {
-                system_identifier: u64::from_le_bytes(sysid).to_string(),
-                seg_size: SEG,
-                server_version: "15.18".into(),
-            })
-            .unwrap();
+        let store = fixture_store(dir);
         for (name, _, bytes) in f.segments.iter().take(n) {
             std::fs::write(store.wal_dir().join(name), bytes).unwrap();
         }

@@ -53,6 +53,32 @@ pub mod tail;
 pub mod usage;
 pub mod writer;
 
+/// Test support shared by the store's modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Identity, Store};
+    use crate::wal::testwal::{fixture, SEG};
+
+    /// A store opened at `dir` for the fixture's cluster (its system identifier, 1 MiB
+    /// segments), holding no WAL yet.
+    pub(crate) fn fixture_store(dir: &std::path::Path) -> Arc<Store> {
+        let f = fixture();
+        let mut sysid = [0u8; 8];
+        sysid.copy_from_slice(&f.segment(f.first_segno())[24..32]);
+        let store = Store::open(dir).unwrap();
+        store
+            .adopt_identity(Identity {
+                system_identifier: u64::from_le_bytes(sysid).to_string(),
+                seg_size: SEG,
+                server_version: "15.18".into(),
+            })
+            .unwrap();
+        store
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 

@@ -475,7 +475,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Identity, Store};
+    use crate::store::testing::fixture_store;
+    use crate::store::Store;
     use crate::wal::testwal::{fixture, SEG};
 
     /// A store for the fixture's cluster, with its writer running.
@@ -485,23 +486,6 @@ mod tests {
         let store = fixture_store(dir);
         let (handle, thread) = spawn(store.clone());
         (store, handle, thread)
-    }
-
-    /// A store for the fixture's cluster, no writer yet.
-    fn fixture_store(dir: &std::path::Path) -> Arc<Store> {
-        let f = fixture();
-        let first = f.segment(f.first_segno());
-        let mut sysid = [0u8; 8];
-        sysid.copy_from_slice(&first[24..32]);
-        let store = Store::open(dir).unwrap();
-        store
-            .adopt_identity(Identity {
-                system_identifier: u64::from_le_bytes(sysid).to_string(),
-                seg_size: SEG,
-                server_version: "15.18".into(),
-            })
-            .unwrap();
-        store
     }
 
     async fn stream(handle: &WriterHandle, start: Lsn, bytes: &[u8]) {
