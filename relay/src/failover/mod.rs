@@ -20,6 +20,7 @@
 //! is. After a failover the set is learned anew on the new primary.
 
 pub mod persist;
+pub mod reading;
 pub mod rule;
 pub mod watcher;
 
