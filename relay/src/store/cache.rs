@@ -318,10 +318,10 @@ impl Store {
     }
 
     fn seg_params(&self) -> (u64, Option<u64>) {
-        let id = self.identity();
-        let seg_size = id.as_ref().map(|i| i.seg_size).unwrap_or(DEFAULT_SEG_SIZE);
-        let sysid = id.and_then(|i| i.system_identifier.parse().ok());
-        (seg_size, sysid)
+        let sysid = self
+            .identity()
+            .and_then(|i| i.system_identifier.parse().ok());
+        (self.seg_size(), sysid)
     }
 
     /// The blocking part of a miss: validates the segment as far as `lsn + want` (or `limit`),

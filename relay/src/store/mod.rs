@@ -385,11 +385,6 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Recent WAL from memory, if still there.
-    pub fn tail_read(&self, tli: TimeLineId, lsn: Lsn, max: usize) -> Option<Bytes> {
-        self.tail.lock().ok().and_then(|t| t.read(tli, lsn, max))
-    }
-
     /// Up to `max` contiguous bytes of recent WAL from `lsn`, as the tail's own pieces (no
     /// copy), appended to `pieces`, under one lock: one message can carry what several
     /// upstream messages brought. Returns the bytes appended (0 when the tail lacks `lsn`).

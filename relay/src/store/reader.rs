@@ -4,7 +4,7 @@
 //! disk (once per segment for all walsenders), so a byte damaged on disk since it was written
 //! stops the stream at the last valid record before it, with an error, and is never sent.
 //!
-//! The in-memory tail ([`Store::tail_read`]) is not consulted here: the walsender looks there
+//! The in-memory tail ([`Store::tail_read_pieces`]) is not consulted here: the walsender looks there
 //! first, once, without leaving its task (those bytes were validated as they arrived).
 //!
 //! Segment files are found by the `.partial` rule ([`super::fs::open_for_read`]); a reader

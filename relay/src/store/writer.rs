@@ -22,7 +22,6 @@ use super::fs::{SegmentFile, SegmentId, SegmentIoError};
 use super::{Durable, Store, WriterHealth};
 use crate::wal::decoder::WalDecoder;
 use crate::wal::error::WalError;
-use crate::wal::segment::DEFAULT_SEG_SIZE;
 use crate::wal::{Lsn, TimeLineId};
 
 /// Bytes written without fsync before a batch is cut even if more is queued.
@@ -189,10 +188,7 @@ impl Writer {
     fn new(store: Arc<Store>) -> Writer {
         let durable = store.durable();
         Writer {
-            seg_size: store
-                .identity()
-                .map(|i| i.seg_size)
-                .unwrap_or(DEFAULT_SEG_SIZE),
+            seg_size: store.seg_size(),
             store,
             tli: durable.timeline,
             pos: None,
