@@ -604,16 +604,7 @@ mod tests {
         let f = fixture();
         let seg = f.first_segno();
         let start = Lsn(seg * SEG);
-        let switch = f
-            .records
-            .iter()
-            .find(|r| r.tot_len == 24 && r.rmgr == "XLOG")
-            .unwrap();
-        assert_eq!(
-            switch.lsn.segment(SEG),
-            seg,
-            "fixture: the switch is in the first segment"
-        );
+        let switch = f.switch_record();
         // A page boundary well inside the tail.
         let stop = Lsn(Lsn(switch.lsn.0 + 24).page_start().0 + 4 * 8192);
         assert!(stop.0 < start.0 + SEG);

@@ -843,16 +843,7 @@ mod tests {
     fn switch_record_and_its_zero_tail() {
         let f = fixture();
         let seg = f.first_segno();
-        let switch = f
-            .records
-            .iter()
-            .find(|r| r.tot_len == 24 && r.rmgr == "XLOG")
-            .unwrap();
-        assert_eq!(
-            switch.lsn.segment(SEG),
-            seg,
-            "fixture: the switch is in the first segment"
-        );
+        let switch = f.switch_record();
         // Stream policy: the zero tail after a switch is not an error.
         let mut d = WalDecoder::new(Lsn(seg * SEG), SEG, None, None);
         let mut seen = Vec::new();

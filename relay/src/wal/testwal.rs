@@ -42,6 +42,22 @@ impl Fixture {
         self.segments[0].1
     }
 
+    /// The fixture's `XLOG_SWITCH` record (the only 24-byte XLOG record), checked to be in
+    /// the first segment, as the tests of the zero tail after it assume.
+    pub fn switch_record(&self) -> &DumpRecord {
+        let switch = self
+            .records
+            .iter()
+            .find(|r| r.tot_len == 24 && r.rmgr == "XLOG")
+            .unwrap();
+        assert_eq!(
+            switch.lsn.segment(SEG),
+            self.first_segno(),
+            "fixture: the switch is in the first segment"
+        );
+        switch
+    }
+
     /// Bytes of all segments from `segno` on, concatenated.
     pub fn bytes_from(&self, segno: u64) -> Vec<u8> {
         let mut v = Vec::new();
