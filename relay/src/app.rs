@@ -201,6 +201,11 @@ async fn retention_task(
 }
 
 fn describe_metrics() {
+    metrics::describe_histogram!(
+        "walrelay_wal_fsync_seconds",
+        metrics::Unit::Seconds,
+        "Time each fsync of a WAL segment file took (a summary over the last minute)."
+    );
     metrics::describe_counter!(
         "walrelay_wal_received_bytes_total",
         metrics::Unit::Bytes,

@@ -292,7 +292,12 @@ impl SegmentFile {
     pub fn sync(&self) -> Result<(), SegmentIoError> {
         let err = SegmentIoError::new(SegmentOp::Fsync, &self.path);
         fail_point!("fs::segment::fsync", &self.path, err);
-        self.file.sync_data().map_err(err)
+        // The one wait every served byte has (nothing goes downstream before it returned): its
+        // spread is the floor of the latency the relay adds (docs/performance.md).
+        let started = std::time::Instant::now();
+        let r = self.file.sync_data().map_err(err);
+        metrics::histogram!("walrelay_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        r
     }
 
     /// The segment is written to its end: fsync it, then give a `.partial` its complete name
