@@ -276,6 +276,8 @@ fn describe_metrics() {
     ] {
         metrics::counter!(name).increment(0);
     }
+    // The same for the fsync summary (exported with a count of 0 until the first fsync).
+    let _ = metrics::histogram!("walrelay_wal_fsync_seconds");
 }
 
 /// SIGTERM / Ctrl-C end the relay; SIGHUP reloads. Installed first thing in [`run`].
