@@ -227,9 +227,21 @@ impl SegmentCache {
         self.lock().bytes
     }
 
-    fn note_read(&self, n: u64) {
+    /// [`read_at`], counted (`walrelay_wal_cache_read_bytes_total`, and [`Store::cache_read_bytes`]
+    /// for tests, which have no metrics recorder).
+    fn read(
+        &self,
+        file: &File,
+        from: Lsn,
+        to: Lsn,
+        seg_size: u64,
+        name: &str,
+    ) -> Result<Bytes, ReadError> {
+        let data = read_at(file, from, to, seg_size, name)?;
+        let n = data.len() as u64;
         self.read_bytes.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("walrelay_wal_cache_read_bytes_total").increment(n);
+        Ok(data)
     }
 }
 
@@ -381,8 +393,7 @@ impl Store {
             // From the chunk boundary (or where a shorter chunk read earlier ended) to the
             // next one; past the readable end nothing is read (it is not to be served anyway).
             let to = Lsn(((pos.0 / CHUNK) + 1) * CHUNK).min(limit);
-            let data = read_at(file, pos, to, seg_size, &name)?;
-            self.cache.note_read(data.len() as u64);
+            let data = self.cache.read(file, pos, to, seg_size, &name)?;
             let fed = decoder.feed(&data);
             read.push((pos, data));
             if fed.is_err() {
@@ -427,8 +438,7 @@ impl Store {
                 // was measured: 5× the bytes read at 64 consumers catching up).
                 let from = Lsn(lsn.0 / CHUNK * CHUNK).max(Lsn(segno * seg_size));
                 let to = Lsn((from.0 / CHUNK + 1) * CHUNK).min(limit);
-                let data = read_at(file, from, to, seg_size, &name)?;
-                self.cache.note_read(data.len() as u64);
+                let data = self.cache.read(file, from, to, seg_size, &name)?;
                 read.push((from, data.clone()));
                 (from, data)
             }
